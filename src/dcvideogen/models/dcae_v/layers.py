@@ -1,0 +1,151 @@
+"""Layers of DC-AE-V: the temporally padded 3D convolution, RMS norm, the residual block and the
+resampling blocks with their parameter-free residual shortcuts (Sec. 3.1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import (
+    TemporalPadding,
+    channel_average_shortcut,
+    channel_duplicate_shortcut,
+    channel_to_space_time,
+    merge_temporal_chunks,
+    pad_temporal_chunks,
+    rms_norm_channels,
+    space_time_to_channel,
+)
+
+_INT32_LIMIT = 2**31
+
+
+class TemporalCache:
+    """Per-layer left context carried between successive calls on consecutive pieces of one clip.
+
+    Streaming encode/decode passes one cache through the network for every piece; each temporal
+    convolution reads the frames it saw last time and stores the frames the next piece will need.
+    """
+
+    def __init__(self) -> None:
+        self._frames: dict[int, torch.Tensor] = {}
+
+    def get(self, layer: nn.Module) -> torch.Tensor | None:
+        return self._frames.get(id(layer))
+
+    def put(self, layer: nn.Module, frames: torch.Tensor | None) -> None:
+        if frames is not None:
+            self._frames[id(layer)] = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+def _conv3d_split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding) -> torch.Tensor:
+    """conv3d that splits batch and output channels so no tensor passed to the kernel reaches 2**31 elements
+    (cuDNN indexes with 32-bit integers). Same result as one call."""
+    out_ch = weight.shape[0]
+    per_sample_in = x[0].numel()
+    per_sample_out = out_ch * x.shape[2:].numel()
+    if x.numel() < _INT32_LIMIT and x.shape[0] * per_sample_out < _INT32_LIMIT:
+        return F.conv3d(x, weight, bias, padding=padding)
+    if x.shape[0] > 1:
+        step = max(1, (_INT32_LIMIT - 1) // max(per_sample_in, per_sample_out))
+        return torch.cat([_conv3d_split(x[i : i + step], weight, bias, padding) for i in range(0, x.shape[0], step)])
+    if per_sample_out >= _INT32_LIMIT and out_ch > 1:
+        half = out_ch // 2
+        w0, w1 = weight[:half], weight[half:]
+        b0, b1 = (None, None) if bias is None else (bias[:half], bias[half:])
+        return torch.cat([_conv3d_split(x, w0, b0, padding), _conv3d_split(x, w1, b1, padding)], dim=1)
+    if per_sample_in >= _INT32_LIMIT and x.shape[1] > 1:
+        half = x.shape[1] // 2
+        y = _conv3d_split(x[:, :half], weight[:, :half], bias, padding)
+        return y + _conv3d_split(x[:, half:], weight[:, half:], None, padding)
+    return F.conv3d(x, weight, bias, padding=padding)
+
+
+class TemporalConv3d(nn.Conv3d):
+    """k x k x k convolution, 'same' in space, with temporal padding set by the temporal mode."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, pad: TemporalPadding, bias: bool = True
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=(0, kernel_size // 2, kernel_size // 2), bias=bias)
+        self.temporal_padding = pad
+
+    def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
+        # x: (B, C_in, T, H, W) -> (B, C_out, T, H, W)
+        context = cache.get(self) if cache is not None else None
+        groups, new_context = pad_temporal_chunks(x, self.temporal_padding, context)
+        if cache is not None:
+            cache.put(self, new_context)
+        outs = [_conv3d_split(g, self.weight, self.bias, self.padding) for g in groups]
+        return merge_temporal_chunks(outs, x.shape[0])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", temporal_padding={self.temporal_padding}"
+
+
+class RMSNorm3d(nn.Module):
+    """RMS norm over channels of (B, C, T, H, W), with weight and bias."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm_channels(x, self.weight, self.bias, self.eps)
+
+
+class ResBlock3d(nn.Module):
+    """x + RMSNorm(Conv(SiLU(Conv(x) + b))): the 3D ResNet block of every stage."""
+
+    def __init__(self, channels: int, kernel_size: int, pad: TemporalPadding, eps: float) -> None:
+        super().__init__()
+        self.conv1 = TemporalConv3d(channels, channels, kernel_size, pad, bias=True)
+        self.conv2 = TemporalConv3d(channels, channels, kernel_size, pad, bias=False)
+        self.norm = RMSNorm3d(channels, eps)
+
+    def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
+        h = F.silu(self.conv1(x, cache))  # (B, C, T, H, W)
+        h = self.norm(self.conv2(h, cache))
+        return x + h
+
+
+class Downsample3d(nn.Module):
+    """Conv to C_out/r channels, then space/time-to-channel (r = s*s*t); shortcut: the same rearrangement
+    with channel averaging (residual autoencoding)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, spatial: int, temporal: int, kernel_size: int, pad: TemporalPadding
+    ) -> None:
+        super().__init__()
+        self.out_channels, self.spatial, self.temporal = out_channels, spatial, temporal
+        ratio = spatial * spatial * temporal
+        self.conv = TemporalConv3d(in_channels, out_channels // ratio, kernel_size, pad)
+
+    def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
+        # (B, C_in, T, H, W) -> (B, C_out, T/t, H/s, W/s)
+        h = space_time_to_channel(self.conv(x, cache), self.spatial, self.temporal)
+        return h + channel_average_shortcut(x, self.out_channels, self.spatial, self.temporal)
+
+
+class Upsample3d(nn.Module):
+    """Conv to C_out*r channels, then channel-to-space/time; shortcut: channel duplication, then the same
+    rearrangement."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, spatial: int, temporal: int, kernel_size: int, pad: TemporalPadding
+    ) -> None:
+        super().__init__()
+        self.out_channels, self.spatial, self.temporal = out_channels, spatial, temporal
+        ratio = spatial * spatial * temporal
+        self.conv = TemporalConv3d(in_channels, out_channels * ratio, kernel_size, pad)
+
+    def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
+        # (B, C_in, T, H, W) -> (B, C_out, T*t, H*s, W*s)
+        h = channel_to_space_time(self.conv(x, cache), self.spatial, self.temporal)
+        return h + channel_duplicate_shortcut(x, self.out_channels, self.spatial, self.temporal)

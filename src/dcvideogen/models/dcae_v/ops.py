@@ -1,0 +1,147 @@
+"""Pure tensor functions of DC-AE-V. Video tensors are (B, C, T, H, W) everywhere.
+
+- space/time <-> channel rearrangements used by the resampling blocks and their residual shortcuts
+  (DC-AE's residual autoencoding, carried to video in Sec. 3.1);
+- RMS normalisation over channels;
+- temporal padding of a convolution for the three temporal modes (Sec. 3.2, Fig. 4), with the left
+  context carried from the previous call so a clip can be processed chunk after chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import TemporalMode
+
+
+def space_time_to_channel(x: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, C*t*s*s, T/t, H/s, W/s); channel index = ((c*t + dt)*s + dh)*s + dw."""
+    b, c, t, h, w = x.shape
+    if t % temporal or h % spatial or w % spatial:
+        raise ValueError(f"shape {tuple(x.shape)} is not divisible by time {temporal} and space {spatial}")
+    x = x.reshape(b, c, t // temporal, temporal, h // spatial, spatial, w // spatial, spatial)
+    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)  # (B, C, dt, dh, dw, T', H', W')
+    return x.reshape(b, c * temporal * spatial * spatial, t // temporal, h // spatial, w // spatial)
+
+
+def channel_to_space_time(x: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
+    """Inverse of `space_time_to_channel`: (B, C*t*s*s, T, H, W) -> (B, C, T*t, H*s, W*s)."""
+    b, c, t, h, w = x.shape
+    ratio = temporal * spatial * spatial
+    if c % ratio:
+        raise ValueError(f"{c} channels are not divisible by time {temporal} x space {spatial}^2")
+    x = x.reshape(b, c // ratio, temporal, spatial, spatial, t, h, w)
+    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)  # (B, C', T, dt, H, dh, W, dw)
+    return x.reshape(b, c // ratio, t * temporal, h * spatial, w * spatial)
+
+
+def channel_average_shortcut(x: torch.Tensor, out_channels: int, spatial: int, temporal: int) -> torch.Tensor:
+    """Down-sampling shortcut: space/time-to-channel, then average groups of consecutive channels."""
+    x = space_time_to_channel(x, spatial, temporal)  # (B, C*r, T', H', W')
+    b, c, t, h, w = x.shape
+    return x.reshape(b, out_channels, c // out_channels, t, h, w).mean(dim=2)
+
+
+def channel_duplicate_shortcut(x: torch.Tensor, out_channels: int, spatial: int, temporal: int) -> torch.Tensor:
+    """Up-sampling shortcut: repeat every channel, then channel-to-space/time."""
+    repeats = out_channels * spatial * spatial * temporal // x.shape[1]
+    return channel_to_space_time(x.repeat_interleave(repeats, dim=1), spatial, temporal)
+
+
+def rms_norm_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS norm over the channel axis of (B, C, ...) with an affine weight and bias; computed in float32."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + eps)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (xf * weight.float().view(shape) + bias.float().view(shape)).to(x.dtype)
+
+
+# ---- temporal padding (Sec. 3.2, Fig. 4) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemporalPadding:
+    """Temporal padding of one convolution layer.
+
+    Time is cut into chunks of `chunk` frames (None: the whole input is one chunk). Every chunk is
+    padded on the left with the `left` frames that precede it (the previous chunk, or the context
+    carried from an earlier call; zeros at the very start) and on the right with `right` zero frames.
+    `carry` says whether the left context comes from the past at all (False: always zeros).
+    """
+
+    chunk: int | None
+    left: int
+    right: int
+    carry: bool
+
+    @staticmethod
+    def for_mode(mode: TemporalMode, kernel_size: int, chunk: int) -> TemporalPadding:
+        p = kernel_size // 2
+        if mode is TemporalMode.CHUNK_CAUSAL:
+            return TemporalPadding(chunk=chunk, left=p, right=p, carry=True)
+        if mode is TemporalMode.CAUSAL:
+            return TemporalPadding(chunk=None, left=2 * p, right=0, carry=True)
+        return TemporalPadding(chunk=None, left=p, right=p, carry=False)
+
+
+def split_chunks(num_frames: int, chunk: int | None) -> list[tuple[int, int]]:
+    """(start, length) of each chunk; the last one may be shorter."""
+    if chunk is None or chunk >= num_frames:
+        return [(0, num_frames)]
+    return [(s, min(chunk, num_frames - s)) for s in range(0, num_frames, chunk)]
+
+
+def pad_temporal_chunks(
+    x: torch.Tensor, pad: TemporalPadding, context: torch.Tensor | None
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Cut x (B, C, T, H, W) into padded chunks ready for a 'valid' temporal convolution.
+
+    Returns the padded chunks, grouped so that equal-length chunks are stacked along the batch axis
+    ((B*n, C, left + L + right, H, W) each, in time order), and the context to carry to the next call
+    (the last `left` frames seen, or None when the mode carries nothing).
+    """
+    b, c, t, h, w = x.shape
+    if pad.left:
+        if not pad.carry or context is None:
+            ctx = x.new_zeros(b, c, pad.left, h, w)
+        elif context.shape[2] < pad.left:
+            ctx = torch.cat([x.new_zeros(b, c, pad.left - context.shape[2], h, w), context], dim=2)
+        else:
+            ctx = context
+        xc = torch.cat([ctx, x], dim=2)  # (B, C, left + T, H, W)
+    else:
+        xc = x
+    new_context = xc[:, :, xc.shape[2] - pad.left :].clone() if (pad.carry and pad.left) else None
+
+    groups: list[torch.Tensor] = []
+    chunks = split_chunks(t, pad.chunk)
+    n_full = sum(1 for _, length in chunks if length == chunks[0][1])
+    for first, count in ((0, n_full), (n_full, len(chunks) - n_full)):
+        if count == 0:
+            continue
+        start, length = chunks[first]
+        window = pad.left + length
+        # Chunk i reads xc[start_i : start_i + left + L]: its left context, then its own frames.
+        seg = xc[:, :, start : start + count * length + pad.left]
+        if count == 1:
+            g = seg  # (B, C, left + L, H, W)
+        else:
+            g = seg.unfold(2, window, length)  # (B, C, n, H, W, left + L)
+            g = g.permute(0, 2, 1, 5, 3, 4).reshape(b * count, c, window, h, w)
+        if pad.right:
+            g = F.pad(g, (0, 0, 0, 0, 0, pad.right))
+        groups.append(g)
+    return groups, new_context
+
+
+def merge_temporal_chunks(groups: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """Inverse of the grouping in `pad_temporal_chunks` after the convolution: back to (B, C, T, H, W)."""
+    out = []
+    for g in groups:
+        n = g.shape[0] // batch
+        _, c, t, h, w = g.shape
+        out.append(g.reshape(batch, n, c, t, h, w).transpose(1, 2).reshape(batch, c, n * t, h, w))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=2)
