@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,15 @@ def round_up(n: int, multiple: int) -> int:
 def pad_video(x: torch.Tensor, frame_multiple: int, spatial_multiple: int) -> torch.Tensor:
     """Replicate-pad (B, C, T, H, W) at the end of time and the bottom/right of space to the multiples."""
     t, h, w = x.shape[2:]
-    pt, ph, pw = round_up(t, frame_multiple) - t, round_up(h, spatial_multiple) - h, round_up(w, spatial_multiple) - w
+    pt, ph, pw = (
+        round_up(t, frame_multiple) - t,
+        round_up(h, spatial_multiple) - h,
+        round_up(w, spatial_multiple) - w,
+    )
     if pt:
         x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pt, -1, -1)], dim=2)
     if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate")
     return x
 
 
@@ -72,7 +77,9 @@ class EncoderStage(nn.Module):
         if cfg.has_resample(index):
             s, t = cfg.resample_factors(index)
             # The down-sampling convolution runs before the rearrangement, at this stage's frame rate.
-            self.downsample = Downsample3d(width, cfg.block_out_channels[index + 1], s, t, cfg.kernel_size, pad)
+            self.downsample = Downsample3d(
+                width, cfg.block_out_channels[index + 1], s, t, cfg.kernel_size, pad
+            )
 
 
 class DecoderStage(nn.Module):
@@ -85,14 +92,18 @@ class DecoderStage(nn.Module):
             s, t = cfg.resample_factors(index)
             # The up-sampling convolution runs on the input of the rearrangement, at the next stage's rate.
             up_pad = _padding(cfg, cfg.temporal_compression if index + 1 == cfg.num_stages - 1 else 1)
-            self.upsample = Upsample3d(cfg.block_out_channels[index + 1], width, s, t, cfg.kernel_size, up_pad)
+            self.upsample = Upsample3d(
+                cfg.block_out_channels[index + 1], width, s, t, cfg.kernel_size, up_pad
+            )
         pad = _padding(cfg, cfg.temporal_compression if last else 1)
         self.blocks = nn.ModuleList(
             ResBlock3d(width, cfg.kernel_size, pad, cfg.norm_eps) for _ in range(cfg.layers_per_block[index])
         )
 
 
-def _run_blocks(owner: nn.Module, blocks: nn.ModuleList, x: torch.Tensor, cache: TemporalCache | None) -> torch.Tensor:
+def _run_blocks(
+    owner: nn.Module, blocks: nn.ModuleList, x: torch.Tensor, cache: TemporalCache | None
+) -> torch.Tensor:
     for block in blocks:
         if cache is None and torch.is_grad_enabled() and getattr(owner, "gradient_checkpointing", False):
             x = owner._gradient_checkpointing_func(block, x)
@@ -109,7 +120,9 @@ class Encoder(nn.Module):
         self.conv_in = TemporalConv3d(cfg.in_channels, cfg.first_width // 4, cfg.kernel_size, full)
         self.stages = nn.ModuleList(EncoderStage(cfg, i) for i in range(cfg.num_stages))
         latent = _padding(cfg, cfg.temporal_compression)
-        self.conv_out = TemporalConv3d(cfg.block_out_channels[-1], cfg.latent_channels, cfg.kernel_size, latent)
+        self.conv_out = TemporalConv3d(
+            cfg.block_out_channels[-1], cfg.latent_channels, cfg.kernel_size, latent
+        )
 
     def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
         # x: (B, 3, T, H, W) with T, H, W multiples of the chunk / spatial factor
@@ -126,10 +139,14 @@ class Decoder(nn.Module):
         super().__init__()
         self.gradient_checkpointing = False
         latent = _padding(cfg, cfg.temporal_compression)
-        self.conv_in = TemporalConv3d(cfg.latent_channels, cfg.block_out_channels[-1], cfg.kernel_size, latent)
+        self.conv_in = TemporalConv3d(
+            cfg.latent_channels, cfg.block_out_channels[-1], cfg.kernel_size, latent
+        )
         self.stages = nn.ModuleList(DecoderStage(cfg, i) for i in range(cfg.num_stages))
         self.norm_out = RMSNorm3d(cfg.first_width, cfg.norm_eps)
-        self.conv_out = TemporalConv3d(cfg.first_width, cfg.in_channels * 4, cfg.kernel_size, _padding(cfg, 1))
+        self.conv_out = TemporalConv3d(
+            cfg.first_width, cfg.in_channels * 4, cfg.kernel_size, _padding(cfg, 1)
+        )
 
     def forward(self, z: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
         # z: (B, Z, T', h, w)
@@ -156,7 +173,7 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["ResBlock3d"]
+    _no_split_modules: ClassVar[list[str]] = ["ResBlock3d"]
 
     @register_to_config
     def __init__(
@@ -189,7 +206,11 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         self.decoder = Decoder(self.arch)
         # Runtime options (see enable_streaming / enable_tiling / memory_budget).
         self.use_streaming = self.arch.temporal_mode is not TemporalMode.NON_CAUSAL
-        self.stream_frames = self.arch.frame_multiple if self.arch.temporal_mode is TemporalMode.CHUNK_CAUSAL else self.arch.chunk_size
+        self.stream_frames = (
+            self.arch.frame_multiple
+            if self.arch.temporal_mode is TemporalMode.CHUNK_CAUSAL
+            else self.arch.chunk_size
+        )
         self.use_tiling = False
         self.tile_size = 256
         self.tile_overlap = 64
@@ -222,7 +243,9 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
             raise ValueError("a non_causal DC-AE-V sees the whole clip at once and cannot stream")
         frames = frames or self.stream_frames
         if frames % self.arch.frame_multiple:
-            raise ValueError(f"stream piece of {frames} frames must be a multiple of {self.arch.frame_multiple}")
+            raise ValueError(
+                f"stream piece of {frames} frames must be a multiple of {self.arch.frame_multiple}"
+            )
         self.use_streaming, self.stream_frames = True, frames
 
     def disable_streaming(self) -> None:
@@ -252,11 +275,15 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         s, t = 2, 1
         for i in range(cfg.num_stages):
             if cfg.layers_per_block[i]:
-                largest = max(largest, cfg.block_out_channels[i] * (frames // t) * (height // s) * (width // s))
+                largest = max(
+                    largest, cfg.block_out_channels[i] * (frames // t) * (height // s) * (width // s)
+                )
             if cfg.has_resample(i):
                 ds, dt = cfg.resample_factors(i)
                 s, t = s * ds, t * dt
-        if decoder:  # the last convolution writes 12 channels at half resolution, the reconstruction 3 at full
+        if (
+            decoder
+        ):  # the last convolution writes 12 channels at half resolution, the reconstruction 3 at full
             largest = max(largest, cfg.first_width * frames * (height // 2) * (width // 2))
         return 4 * largest * itemsize
 
@@ -281,7 +308,7 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
             return None
         tile = round_up(max(height, width), f)
         while tile > 2 * f and self.activation_bytes(frames, tile, tile, decoder) > budget:
-            tile = max(2 * f, round_up(tile * 3 // 4, f))
+            tile = max(2 * f, min(tile - f, round_up(tile * 3 // 4, f)))  # shrink by >= 1/4, at least f
         overlap = max(f, (tile // 4) // f * f)
         return tile, min(overlap, tile - f)
 
@@ -291,7 +318,10 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         f = self.spatial_compression_ratio
         h, w = x.shape[-2:]
         if decoder:
-            frames = min(x.shape[2], self.stream_frames // self.temporal_compression_ratio) * self.temporal_compression_ratio
+            frames = (
+                min(x.shape[2], self.stream_frames // self.temporal_compression_ratio)
+                * self.temporal_compression_ratio
+            )
             h, w = h * f, w * f
         else:
             frames = min(x.shape[2], self.stream_frames)
@@ -330,7 +360,10 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
             return self._run_piece(x, None, decoder, plan)
         piece = self.stream_frames // self.temporal_compression_ratio if decoder else self.stream_frames
         caches: dict = {}
-        outs = [self._run_piece(x[:, :, s : s + piece], caches, decoder, plan) for s in range(0, x.shape[2], piece)]
+        outs = [
+            self._run_piece(x[:, :, s : s + piece], caches, decoder, plan)
+            for s in range(0, x.shape[2], piece)
+        ]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     # ---- public API ---------------------------------------------------------------------------------
@@ -348,7 +381,9 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> EncoderOutput | tuple[torch.Tensor]:
         """(B, 3, T, H, W) in [-1, 1] -> raw latent (B, Z, T'/4, H'/f, W'/f) of the padded clip."""
         if x.dim() != 5 or x.shape[1] != self.arch.in_channels:
-            raise ValueError(f"expected a video (B, {self.arch.in_channels}, T, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected a video (B, {self.arch.in_channels}, T, H, W), got shape {tuple(x.shape)}"
+            )
         x = pad_video(x.to(self.dtype), self.arch.frame_multiple, self.spatial_compression_ratio)
         z = self._run(x, decoder=False)
         return EncoderOutput(latent=z) if return_dict else (z,)
@@ -363,7 +398,9 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Raw latent (B, Z, T', h, w) -> video (B, 3, 4T', f*h, f*w), cropped to the given size if any."""
         if z.dim() != 5 or z.shape[1] != self.arch.latent_channels:
-            raise ValueError(f"expected a latent (B, {self.arch.latent_channels}, T, h, w), got shape {tuple(z.shape)}")
+            raise ValueError(
+                f"expected a latent (B, {self.arch.latent_channels}, T, h, w), got shape {tuple(z.shape)}"
+            )
         x = self._run(z.to(self.dtype), decoder=True)
         x = x[:, :, :num_frames, :height, :width]
         return DecoderOutput(sample=x) if return_dict else (x,)
@@ -388,9 +425,9 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         buffer: list[torch.Tensor] = []
         buffered = 0
         f = self.spatial_compression_ratio
-        for x in pieces:
+        for i, x in enumerate(pieces):
             x = pad_video(x.to(self.dtype), 1, f)
-            if not caches:
+            if i == 0:
                 plan = self._tile_plan(self.stream_frames, x.shape[-2], x.shape[-1], decoder=False)
             buffer.append(x)
             buffered += x.shape[2]
@@ -403,27 +440,66 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
             tail = pad_video(torch.cat(buffer, dim=2), self.arch.frame_multiple, f)
             yield self._run_piece(tail, caches, False, plan)
 
-    def decode_stream(self, latents: torch.Tensor | Iterable[torch.Tensor], num_frames: int | None = None,
-                      height: int | None = None, width: int | None = None) -> Iterator[torch.Tensor]:
-        """Decode a latent (or consecutive latent pieces) piece by piece; yields video pieces, cropped to
-        `height` x `width` and stopping after `num_frames` frames when given."""
+    def reconstruct_stream(
+        self, pieces: Iterable[torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Reconstruct a clip given as consecutive pieces (B, 3, t_i, H, W); yields (input, reconstruction)
+        pairs of equal shape, covering the clip in order, with memory independent of its length."""
+        if self.arch.temporal_mode is TemporalMode.NON_CAUSAL:  # sees the whole clip at once
+            clip = torch.cat(list(pieces), dim=2)
+            yield clip, self(clip).sample.to(clip.dtype)
+            return
+        pending: list[torch.Tensor] = []
+
+        def feed() -> Iterator[torch.Tensor]:
+            for p in pieces:
+                pending.append(p)
+                yield p
+
+        for recon in self.decode_stream(self.encode_stream(feed())):
+            orig = torch.cat(pending, dim=2)
+            n = min(recon.shape[2], orig.shape[2])
+            h, w = orig.shape[-2:]
+            yield orig[:, :, :n], recon[:, :, :n, :h, :w].to(orig.dtype)
+            pending[:] = [orig[:, :, n:]] if orig.shape[2] > n else []
+
+    def decode_stream(
+        self,
+        latents: torch.Tensor | Iterable[torch.Tensor],
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Decode a latent, or consecutive latent pieces of any lengths, `stream_frames` frames at a time.
+
+        Yields video pieces cropped to `height` x `width`, stopping after `num_frames` frames when given.
+        Concatenated, they equal `decode` of the whole latent.
+        """
         if self.arch.temporal_mode is TemporalMode.NON_CAUSAL:
             raise ValueError("a non_causal DC-AE-V sees the whole clip at once and cannot stream")
         piece = self.stream_frames // self.temporal_compression_ratio
-        if isinstance(latents, torch.Tensor):
-            latents = [latents]
+        f = self.spatial_compression_ratio
         caches: dict = {}
         plan: tuple[int, int] | None = None
         emitted = 0
-        f = self.spatial_compression_ratio
-        for z in latents:
+
+        def run(z: torch.Tensor) -> torch.Tensor | None:
+            nonlocal emitted
+            x = self._run_piece(z, caches, True, plan)[..., :height, :width]
+            if num_frames is not None:
+                x = x[:, :, : max(0, num_frames - emitted)]
+            emitted += x.shape[2]
+            return x if x.shape[2] else None
+
+        buffer: torch.Tensor | None = None
+        for i, z in enumerate([latents] if isinstance(latents, torch.Tensor) else latents):
             z = z.to(self.dtype)
-            if not caches:
+            if i == 0:
                 plan = self._tile_plan(self.stream_frames, z.shape[-2] * f, z.shape[-1] * f, decoder=True)
-            for s in range(0, z.shape[2], piece):
-                x = self._run_piece(z[:, :, s : s + piece], caches, True, plan)[..., :height, :width]
-                if num_frames is not None:
-                    x = x[:, :, : max(0, num_frames - emitted)]
-                emitted += x.shape[2]
-                if x.shape[2]:
+            buffer = z if buffer is None else torch.cat([buffer, z], dim=2)
+            while buffer.shape[2] >= piece:
+                if (x := run(buffer[:, :, :piece])) is not None:
                     yield x
+                buffer = buffer[:, :, piece:]
+        if buffer is not None and buffer.shape[2] and (x := run(buffer)) is not None:
+            yield x

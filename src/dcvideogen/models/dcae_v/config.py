@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 
+from ...errors import DCVGError
+
 
 class TemporalMode(str, Enum):
     """How convolutions see time (Sec. 3.2, Fig. 4)."""
@@ -82,7 +84,9 @@ class DCAEVConfig:
                 )
         first = self.first_width
         if first % 4 != 0:
-            raise ValueError(f"the input projection's width {first} must be divisible by 4 (space-to-channel x2)")
+            raise ValueError(
+                f"the input projection's width {first} must be divisible by 4 (space-to-channel x2)"
+            )
 
     # ---- derived structure -------------------------------------------------------------------------------
     @property
@@ -148,7 +152,9 @@ class DCAEVConfig:
         return dataclasses.replace(self, **changes)
 
 
-_F32 = dict(block_out_channels=(128, 256, 512, 512, 1024, 1024, 1024), layers_per_block=(0, 5, 10, 4, 4, 4, 4))
+_F32 = dict(
+    block_out_channels=(128, 256, 512, 512, 1024, 1024, 1024), layers_per_block=(0, 5, 10, 4, 4, 4, 4)
+)
 _F64 = dict(
     block_out_channels=(128, 256, 512, 512, 1024, 1024, 1024, 1024),
     layers_per_block=(0, 5, 10, 4, 4, 4, 4, 4),
@@ -189,5 +195,5 @@ def get_preset(name: str, **overrides) -> DCAEVConfig:
     """The preset `name` (``dc-ae-v-f32t4c32`` ...), with optional field overrides."""
     key = name if name.startswith("dc-ae-v-") else f"dc-ae-v-{name}"
     if key not in PRESETS:
-        raise KeyError(f"unknown DC-AE-V preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise DCVGError(f"unknown DC-AE-V preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[key].replace(**overrides) if overrides else PRESETS[key]

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ...errors import DCVGError
 from .config import PRESETS, DCAEVConfig, get_preset
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DCVGError):
     """A checkpoint that cannot be read or does not fit the requested architecture."""
 
 
@@ -119,7 +120,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], chunk_size: int = 40) -> DCAEVC
         layers_per_block=tuple(depths),
         chunk_size=chunk_size,
     )
-    for name, preset in PRESETS.items():
+    for preset in PRESETS.values():
         if preset.replace(chunk_size=chunk_size, scaling_factor=1.0) == cfg:
             return preset.replace(chunk_size=chunk_size)
     return cfg
@@ -128,13 +129,21 @@ def infer_config(sd: Mapping[str, torch.Tensor], chunk_size: int = 40) -> DCAEVC
 def preset_name(cfg: DCAEVConfig) -> str | None:
     """The preset whose architecture `cfg` has (chunk size and latent scale aside), if any."""
     for name, preset in PRESETS.items():
-        if preset.replace(chunk_size=cfg.chunk_size, scaling_factor=cfg.scaling_factor, temporal_mode=cfg.temporal_mode) == cfg:
+        if (
+            preset.replace(
+                chunk_size=cfg.chunk_size, scaling_factor=cfg.scaling_factor, temporal_mode=cfg.temporal_mode
+            )
+            == cfg
+        ):
             return name
     return None
 
 
 def convert_state_dict(
-    sd: Mapping[str, torch.Tensor], cfg: DCAEVConfig, expected: Mapping[str, torch.Tensor], source: str = "checkpoint"
+    sd: Mapping[str, torch.Tensor],
+    cfg: DCAEVConfig,
+    expected: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
 ) -> dict[str, torch.Tensor]:
     """Rename an official state dict to ours, checking every key and shape against `expected` (our model's).
 
@@ -168,13 +177,14 @@ def convert_state_dict(
     return out
 
 
-def load_official(path: str | Path, preset: str | None = None, chunk_size: int | None = None):
-    """AutoencoderDCV with the weights of an official `.pt` file; architecture from `preset` or inferred."""
+def load_official(path: str | Path, preset: str | DCAEVConfig | None = None, chunk_size: int | None = None):
+    """AutoencoderDCV with the weights of an official `.pt` file; architecture from `preset` (a name or a
+    config) or inferred from the file's shapes."""
     from .autoencoder import AutoencoderDCV
 
     sd = read_official_checkpoint(path)
     if preset is not None:
-        cfg = get_preset(preset)
+        cfg = preset if isinstance(preset, DCAEVConfig) else get_preset(preset)
         if chunk_size is not None:
             cfg = cfg.replace(chunk_size=chunk_size)
     else:

@@ -45,7 +45,9 @@ def channel_average_shortcut(x: torch.Tensor, out_channels: int, spatial: int, t
     return x.reshape(b, out_channels, c // out_channels, t, h, w).mean(dim=2)
 
 
-def channel_duplicate_shortcut(x: torch.Tensor, out_channels: int, spatial: int, temporal: int) -> torch.Tensor:
+def channel_duplicate_shortcut(
+    x: torch.Tensor, out_channels: int, spatial: int, temporal: int
+) -> torch.Tensor:
     """Up-sampling shortcut: repeat every channel, then channel-to-space/time."""
     repeats = out_channels * spatial * spatial * temporal // x.shape[1]
     return channel_to_space_time(x.repeat_interleave(repeats, dim=1), spatial, temporal)

@@ -28,7 +28,9 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int) -> list[int
     All offsets are multiples of `multiple`; the last tile ends exactly at `length` when length >= tile.
     """
     if tile % multiple or overlap % multiple or length % multiple:
-        raise ValueError(f"tile {tile}, overlap {overlap} and length {length} must be multiples of {multiple}")
+        raise ValueError(
+            f"tile {tile}, overlap {overlap} and length {length} must be multiples of {multiple}"
+        )
     if overlap >= tile:
         raise ValueError(f"tile overlap {overlap} must be smaller than the tile size {tile}")
     if length <= tile:

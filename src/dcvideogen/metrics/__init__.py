@@ -1,0 +1,6 @@
+"""Video quality metrics as pure functions over (B, C, T, H, W) tensors in [-1, 1]."""
+
+from .psnr import psnr, psnr_per_frame
+from .ssim import ssim, ssim_per_frame
+
+__all__ = ["psnr", "psnr_per_frame", "ssim", "ssim_per_frame"]

