@@ -1,7 +1,9 @@
 """`dcvg reconstruct / encode / decode / convert / info` end to end on real clips, and on bad input."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 

@@ -1,0 +1,1 @@
+"""Evaluation of video autoencoders (PSNR, SSIM, LPIPS, FVD) behind one small autoencoder interface."""
