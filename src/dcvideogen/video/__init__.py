@@ -8,6 +8,7 @@ from .io import (
     check_output_path,
     iter_frames,
     probe_video,
+    read_clip,
     read_video,
     write_video,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "check_output_path",
     "iter_frames",
     "probe_video",
+    "read_clip",
     "read_video",
     "write_video",
 ]

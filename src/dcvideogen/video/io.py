@@ -201,6 +201,52 @@ def _raw_frames(path: Path) -> Iterator[np.ndarray]:
         container.close()
 
 
+def read_clip(path: str | Path, start: int, num_frames: int, stride: int = 1) -> torch.Tensor:
+    """Frames start, start + stride, ... (num_frames of them) as (C, T, H, W), seeking instead of
+    decoding the file from its beginning. Raises VideoError when the file ends too early."""
+    path = Path(path)
+    _check_path(path)
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        frames = torch.cat(list(iter_frames(path, 64, start=start, max_frames=num_frames, stride=stride)), dim=1)
+    else:
+        frames = _read_clip_seek(path, start, num_frames, stride)
+    if frames.shape[1] < num_frames:
+        raise VideoError(f"{path}: has fewer than {start + (num_frames - 1) * stride + 1} frames")
+    return frames
+
+
+def _read_clip_seek(path: Path, start: int, num_frames: int, stride: int) -> torch.Tensor:
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        tb = stream.time_base
+        t0 = stream.start_time or 0
+        if fps <= 0 or tb is None:  # no timing: decode from the start
+            container.close()
+            pieces = list(iter_frames(path, 64, start=start, max_frames=num_frames, stride=stride))
+            return torch.cat(pieces, dim=1)
+        if start > 0:  # to the last keyframe at or before the first wanted frame
+            container.seek(t0 + int(start / fps / tb), stream=stream, backward=True, any_frame=False)
+        out: list[np.ndarray] = []
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            index = round(float((frame.pts - t0) * tb) * fps)
+            if index < start or (index - start) % stride:
+                continue
+            out.append(frame.to_ndarray(format="rgb24"))
+            if len(out) == num_frames:
+                break
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: decoding failed ({_reason(e)}); the file may be truncated or corrupt") from e
+    finally:
+        container.close()
+    if not out:
+        raise VideoError(f"{path}: contains no frames at or after frame {start}")
+    return from_uint8(np.stack(out))
+
+
 def read_video(path: str | Path, max_frames: int | None = None, start: int = 0, stride: int = 1) -> Video:
     """Whole video (or a part of it) as one tensor, with its fps (divided by `stride`)."""
     info = probe_video(path)

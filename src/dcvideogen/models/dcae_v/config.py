@@ -168,12 +168,13 @@ PRESETS: dict[str, DCAEVConfig] = {
     "dc-ae-v-f32t4c128": DCAEVConfig(latent_channels=128, **_F32),
     "dc-ae-v-f32t4c256": DCAEVConfig(latent_channels=256, **_F32),
     "dc-ae-v-f64t4c128": DCAEVConfig(latent_channels=128, **_F64),
-    # Small models for demos and the bundled default (same wiring, narrow and shallow).
+    # Small model for demos and the bundled default (same wiring, narrow and shallow, chunk 8 frames):
+    # 12.4M parameters, small enough to train on a CPU and ship inside the package.
     "dc-ae-v-f32t4c32-small": DCAEVConfig(
         latent_channels=32,
-        block_out_channels=(32, 64, 128, 128, 256, 256, 256),
+        block_out_channels=(16, 32, 64, 64, 128, 128, 128),
         layers_per_block=(0, 1, 2, 1, 1, 1, 1),
-        scaling_factor=1.0,
+        chunk_size=8,
     ),
     # Tiny models for tests: the wiring of the official fixtures (widths 8..64, chunk 8).
     "dc-ae-v-f32t4c32-tiny": DCAEVConfig(

@@ -1,0 +1,195 @@
+"""Training data for DC-AE-V: random clips from a folder tree of videos and images.
+
+Every sample is a pure function of (seed, global sample index): which file, where the clip starts,
+its frame stride, crop scale, crop position and flip are drawn from a generator seeded by both. So
+the data stream is the same with any number of DataLoader workers, ranks shard it by index, and
+resuming at step s continues exactly where the stream was (the position is the sample counter).
+Images become static clips (the image repeated), mixed in with probability `image_ratio`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import DCVGError
+from ..video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, probe_video, read_clip
+from .config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRIES = 16
+
+
+@dataclass(frozen=True)
+class MediaFile:
+    path: Path
+    num_frames: int  # 1 for images
+    is_image: bool
+
+
+@dataclass
+class ScanReport:
+    videos: int = 0
+    images: int = 0
+    unreadable: int = 0
+    too_short: int = 0
+    excluded: int = 0
+
+
+def scan_media(root: str | Path, cfg: DataConfig) -> tuple[list[MediaFile], ScanReport]:
+    """Index the videos and images under `root` (recursively), probing each once.
+
+    Unreadable files and videos shorter than one clip are left out with one warning each.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DCVGError(f"{root}: no such data folder")
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    need = (cfg.num_frames - 1) * cfg.frame_stride + 1
+    report, files = ScanReport(), []
+    for p in paths:
+        suffix = p.suffix.lower()
+        if suffix not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+            continue
+        if any(fnmatch.fnmatch(p.name, pat) or fnmatch.fnmatch(str(p), pat) for pat in cfg.exclude):
+            report.excluded += 1
+            continue
+        try:
+            info = probe_video(p)
+        except VideoError as e:
+            logger.warning(f"skipping unreadable file: {e}")
+            report.unreadable += 1
+            continue
+        if suffix in IMAGE_SUFFIXES:
+            files.append(MediaFile(p, 1, True))
+            report.images += 1
+        elif info.num_frames < need:
+            logger.warning(f"skipping {p}: {info.num_frames} frames, a clip needs {need}")
+            report.too_short += 1
+        else:
+            files.append(MediaFile(p, info.num_frames, False))
+            report.videos += 1
+    if not files:
+        raise DCVGError(
+            f"{root}: no usable videos or images ({report.unreadable} unreadable, {report.too_short} too short "
+            f"for {cfg.num_frames} frames); add files or lower data.num_frames"
+        )
+    return files, report
+
+
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
+
+
+def random_crop_resize(clip: torch.Tensor, size: int, scale: float, fy: float, fx: float) -> torch.Tensor:
+    """(C, T, H, W) -> (C, T, size, size): resize the short side to size*scale, crop at relative (fy, fx)."""
+    c, t, h, w = clip.shape
+    short = max(size, round(size * scale))
+    if min(h, w) != short:
+        nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+        clip = F.interpolate(clip.transpose(0, 1), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        clip = clip.transpose(0, 1).clamp(-1, 1)  # (C, T, nh, nw)
+        h, w = nh, nw
+    y, x = round(fy * (h - size)), round(fx * (w - size))
+    return clip[:, :, y : y + size, x : x + size]
+
+
+class ClipDataset(Dataset):
+    """Map-style dataset over an infinite index space: item i is the i-th random clip of the stream."""
+
+    def __init__(self, files: list[MediaFile], cfg: DataConfig, seed: int) -> None:
+        self.cfg, self.seed = cfg, seed
+        self.videos = [f for f in files if not f.is_image]
+        self.images = [f for f in files if f.is_image]
+        self._warned: set[Path] = set()
+
+    def __len__(self) -> int:  # the stream is infinite; samplers provide the indices
+        return 2**62
+
+    def _draw(self, g: torch.Generator) -> tuple[MediaFile, int, int]:
+        cfg = self.cfg
+        use_image = bool(self.images) and (
+            not self.videos or torch.rand((), generator=g).item() < cfg.image_ratio
+        )
+        pool = self.images if use_image else self.videos
+        f = pool[int(torch.randint(len(pool), (), generator=g))]
+        if f.is_image:
+            return f, 0, 1
+        hi = max(cfg.frame_stride, cfg.max_frame_stride)
+        stride = int(torch.randint(cfg.frame_stride, hi + 1, (), generator=g))
+        stride = max(1, min(stride, (f.num_frames - 1) // max(cfg.num_frames - 1, 1)))
+        span = (cfg.num_frames - 1) * stride + 1
+        start = int(torch.randint(f.num_frames - span + 1, (), generator=g))
+        return f, start, stride
+
+    def __getitem__(self, index: int) -> dict:
+        cfg = self.cfg
+        g = sample_generator(self.seed, index)
+        skipped = 0
+        for _ in range(MAX_RETRIES):
+            f, start, stride = self._draw(g)
+            try:  # an image is read once and repeated after cropping: a static clip
+                clip = read_clip(f.path, 0, 1) if f.is_image else read_clip(f.path, start, cfg.num_frames, stride)
+            except VideoError as e:
+                if f.path not in self._warned:
+                    logger.warning(f"skipping a clip: {e}")
+                    self._warned.add(f.path)
+                skipped += 1
+                continue
+            scale = cfg.min_scale + (cfg.max_scale - cfg.min_scale) * torch.rand((), generator=g).item()
+            fy, fx = torch.rand(2, generator=g).tolist()
+            clip = random_crop_resize(clip, cfg.size, scale, fy, fx)
+            if cfg.hflip and torch.rand((), generator=g).item() < 0.5:
+                clip = clip.flip(-1)
+            if f.is_image:
+                clip = clip.expand(-1, cfg.num_frames, -1, -1)
+            return {"video": clip.contiguous(), "index": index, "skipped": skipped}
+        raise DCVGError(f"{MAX_RETRIES} clips in a row could not be read (last: {f.path}); check the data folder")
+
+
+class StreamSampler(Sampler[int]):
+    """Global sample indices of this rank, from `start_step` on: step s, micro-batch m, rank r, slot j
+    reads sample ((s * accum + m) * world + r) * batch + j. Infinite."""
+
+    def __init__(self, start_step: int, batch: int, accum: int = 1, rank: int = 0, world: int = 1) -> None:
+        self.start_step, self.batch, self.accum, self.rank, self.world = start_step, batch, accum, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        micro = self.start_step * self.accum
+        while True:
+            base = (micro * self.world + self.rank) * self.batch
+            yield from range(base, base + self.batch)
+            micro += 1
+
+    def __len__(self) -> int:
+        return 2**62
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "video": torch.stack([it["video"] for it in items]),  # (B, C, T, S, S)
+        "index": torch.tensor([it["index"] for it in items]),
+        "skipped": sum(it["skipped"] for it in items),
+    }
+
+
+def make_loader(files, cfg: DataConfig, seed: int, start_step: int, batch: int, accum: int, rank: int, world: int):
+    dataset = ClipDataset(files, cfg, seed)
+    sampler = StreamSampler(start_step, batch, accum, rank, world)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        persistent_workers=cfg.workers > 0,
+        prefetch_factor=2 if cfg.workers > 0 else None,
+    )

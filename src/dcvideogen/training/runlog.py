@@ -1,0 +1,36 @@
+"""Run logging on rank 0: a JSONL file of metrics and, when available, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.path = run_dir / "log.jsonl"
+        self.file = open(self.path, "a", buffering=1)  # noqa: SIM115 - lives as long as the run
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                logger.info("tensorboard is not installed; logging to log.jsonl only (pip install tensorboard)")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()}
+        self.file.write(json.dumps({"step": step, **clean}) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, float(v), step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()

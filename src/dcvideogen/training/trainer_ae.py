@@ -1,0 +1,427 @@
+"""DC-AE-V training loop (the official release has none): reconstruction + LPIPS + adversarial losses,
+EMA, mixed precision, gradient clipping, warm-up and decay, DDP / FSDP, atomic checkpoints with exact
+resume, validation reconstructions. Launch with one process, or with `torchrun` / `accelerate launch`.
+
+Read top to bottom: setup -> state -> resume -> loop (generator step, discriminator step, EMA, logs,
+validation, checkpoint) -> export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ..errors import DCVGError
+from ..metrics import psnr_per_frame, ssim_per_frame
+from ..models.dcae_v import AutoencoderDCV, get_preset
+from ..models.dcae_v.loading import load_autoencoder
+from ..utils.atomic import atomic_dir
+from ..video import VideoWriter, read_video
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .config import TrainConfig, save_config, to_dict
+from .data import make_loader, scan_media
+from .discriminator import VideoDiscriminator
+from .ema import EMA
+from .losses import (
+    adaptive_weight,
+    discriminator_loss,
+    generator_adversarial_loss,
+    perceptual_loss,
+    reconstruction_loss,
+)
+from .runlog import RunLog
+
+logger = logging.getLogger("dcvg.train")
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+class TrainingDiverged(DCVGError):
+    """Too many non-finite losses in a row."""
+
+
+# ---- small helpers --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """Process group from torchrun / accelerate environment variables (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local, device)
+
+
+def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= d.world
+    return x
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then constant, cosine or linear decay to min_lr_ratio at the last step."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.decay == "cosine" else 1 - progress
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
+    state["numpy"] = torch.from_numpy(np.random.get_state()[1].astype(np.int64))
+    state["numpy_pos"] = int(np.random.get_state()[2])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def build_model(cfg: TrainConfig) -> AutoencoderDCV:
+    arch = get_preset(cfg.model.preset, **cfg.model.arch)
+    if cfg.model.init_from:
+        model = load_autoencoder(cfg.model.init_from).float()
+        if model.arch.replace(scaling_factor=1.0) != arch.replace(scaling_factor=1.0):
+            raise DCVGError(
+                f"model.init_from={cfg.model.init_from} is a {model.arch.name} with widths "
+                f"{list(model.arch.block_out_channels)}, not the configured {arch.name}; fix model.preset/arch"
+            )
+        return model
+    return AutoencoderDCV.from_arch(arch)
+
+
+def wrap(module: torch.nn.Module, cfg: TrainConfig, d: Dist, shard_blocks: bool = True) -> torch.nn.Module:
+    """DDP for small models; FSDP2 (`fully_shard`) per residual block and at the top for large ones."""
+    if d.world == 1:
+        return module
+    if cfg.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        if shard_blocks:
+            for m in module.modules():
+                if type(m).__name__ == "ResBlock3d":
+                    fully_shard(m)
+        return fully_shard(module)
+    ids = [d.device.index] if d.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+# ---- validation -----------------------------------------------------------------------------------------
+
+
+def load_val_clips(cfg: TrainConfig, f: int) -> list[tuple[str, torch.Tensor, float]]:
+    clips = []
+    for path in cfg.data.val_clips:
+        v = read_video(path, max_frames=cfg.data.val_frames)
+        x = v.frames  # (3, T, H, W)
+        if cfg.data.val_size:
+            from .data import random_crop_resize
+
+            x = random_crop_resize(x, cfg.data.val_size, 1.0, 0.5, 0.5)
+        h, w = x.shape[-2] // f * f or f, x.shape[-1] // f * f or f
+        clips.append((Path(path).stem, x[:, :, :h, :w].contiguous(), v.fps))
+    return clips
+
+
+@torch.no_grad()
+def validate(model: AutoencoderDCV, clips, out_dir: Path, step: int) -> dict[str, float]:
+    """Reconstruct each validation clip; write input | reconstruction mp4s; PSNR/SSIM per clip."""
+    metrics: dict[str, float] = {}
+    model.eval()
+    for name, x, fps in clips:
+        xb = x[None].to(model.device, model.dtype)
+        y = model(xb).sample.float().clamp(-1, 1).cpu()[0]
+        metrics[f"val/{name}/psnr"] = psnr_per_frame(y, x).mean().item()
+        if min(x.shape[-2:]) >= 11:
+            metrics[f"val/{name}/ssim"] = ssim_per_frame(y, x).mean().item()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with VideoWriter(out_dir / f"step-{step:08d}-{name}.mp4", fps) as w:
+            w.write(torch.cat([x, y], dim=-1))
+    return metrics
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+
+
+def train_ae(
+    cfg: TrainConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    resume: str | None = None,
+    stop_after: int | None = None,
+) -> Path:
+    """Train to cfg.steps (or for at most `stop_after` steps in this call, then checkpoint and return);
+    returns the exported model folder (EMA weights when EMA is on)."""
+    d = setup_distributed()
+    run_dir = Path(run_dir)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    files, report = scan_media(data_dir, cfg.data)
+    if d.main:
+        logger.info(
+            f"data {data_dir}: {report.videos} videos, {report.images} images; skipped {report.unreadable} "
+            f"unreadable, {report.too_short} too short, {report.excluded} excluded"
+        )
+
+    model = build_model(cfg).to(d.device)
+    if cfg.model.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    arch = model.arch
+    eval_model = AutoencoderDCV.from_arch(arch).to(d.device) if (d.main and cfg.data.val_clips) else None
+    lpips = None
+    if cfg.loss.lpips_weight > 0:
+        from ..metrics.lpips import LPIPS
+
+        lpips = LPIPS(net=cfg.loss.lpips_net, backbone_weights=cfg.loss.lpips_backbone,
+                      linear_weights=cfg.loss.lpips_linear).to(d.device).eval()
+    use_gan = cfg.loss.gan_weight > 0
+    disc = VideoDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_max_channels).to(d.device) if use_gan else None
+
+    train_model = wrap(model, cfg, d)
+    ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None  # after wrapping: same sharding
+    opt = torch.optim.AdamW(train_model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                            weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    if use_gan:
+        train_disc = wrap(disc, cfg, d, shard_blocks=False)
+        opt_d = torch.optim.AdamW(train_disc.parameters(), lr=cfg.loss.disc_lr, betas=cfg.optim.betas)
+    counters = {"bad_steps": 0, "bad_in_row": 0, "skipped_clips": 0, "samples": 0}
+
+    # ---- resume -------------------------------------------------------------------------------------------
+    step = 0
+    ckpt_path = resolve_resume(resume, run_dir)
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        step = int(state["step"])
+        set_model_state_dict(train_model, state["model"], options=FULL)
+        set_optimizer_state_dict(train_model, opt, state["opt"], options=FULL)
+        sched.load_state_dict(state["sched"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        if use_gan:
+            set_model_state_dict(train_disc, state["disc"], options=FULL)
+            set_optimizer_state_dict(train_disc, opt_d, state["opt_d"], options=FULL)
+        counters.update({k: int(v) for k, v in state["counters"].items()})
+        set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
+        if d.main:
+            logger.info(f"resumed from {ckpt_path} at step {step}")
+
+    def checkpoint() -> None:
+        state = {
+            "step": step,
+            "model": get_model_state_dict(train_model, options=FULL),
+            "opt": get_optimizer_state_dict(train_model, opt, options=FULL),
+            "sched": sched.state_dict(),
+            "ema": ema.state_dict() if ema is not None else {},
+            "counters": dict(counters),
+            "config": to_dict(cfg),
+        }
+        if use_gan:
+            state["disc"] = get_model_state_dict(train_disc, options=FULL)
+            state["opt_d"] = get_optimizer_state_dict(train_disc, opt_d, options=FULL)
+        rngs = [rng_state()]
+        if d.world > 1:
+            rngs = [None] * d.world
+            dist.all_gather_object(rngs, rng_state())
+        state["rng"] = rngs
+        if d.main:
+            path = save_checkpoint(run_dir / "checkpoints", step, state, keep=cfg.keep_checkpoints)
+            logger.info(f"checkpoint {path}")
+        if d.world > 1:
+            dist.barrier()
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):  # first signal: finish the step, checkpoint, exit; second: abort now
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    log = RunLog(run_dir, cfg.tensorboard) if d.main else None
+    val_clips = load_val_clips(cfg, arch.spatial_compression) if eval_model is not None else []
+    loader = iter(make_loader(files, cfg.data, cfg.seed, step, cfg.batch_size, cfg.grad_accum, d.rank, d.world))
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    last_layer = model.decoder.conv_out.weight
+    t_last, samples_last = time.time(), counters["samples"]
+    last_step = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+
+    try:
+        while step < last_step and stop["signal"] is None:
+            train_model.train()
+            gan_on = use_gan and step >= cfg.loss.gan_start_step
+            sums = {"loss": 0.0, "rec": 0.0, "lpips": 0.0, "gan_g": 0.0, "gan_w": 0.0, "disc": 0.0}
+            finite = torch.ones((), device=d.device)
+            batches = []
+            # -- generator (autoencoder) step, with gradient accumulation --
+            if use_gan:
+                disc.requires_grad_(False)  # the generator's adversarial loss must not train the discriminator
+            for micro in range(cfg.grad_accum):
+                batch = next(loader)
+                counters["skipped_clips"] += int(batch["skipped"])
+                x = batch["video"].to(d.device, non_blocking=True)  # (B, 3, T, S, S)
+                last_micro = micro == cfg.grad_accum - 1
+                no_sync = train_model.no_sync() if (not last_micro and hasattr(train_model, "no_sync")) else None
+                with no_sync or contextlib.nullcontext():
+                    with autocast:
+                        x_hat = train_model(x).sample
+                        rec = reconstruction_loss(x_hat, x, cfg.loss.reconstruction)
+                        loss = cfg.loss.reconstruction_weight * rec
+                        if lpips is not None:
+                            lp = perceptual_loss(lpips, x_hat, x)
+                            loss = loss + cfg.loss.lpips_weight * lp
+                            sums["lpips"] += lp.item() / cfg.grad_accum
+                        if gan_on:
+                            g_adv = generator_adversarial_loss(disc(x_hat), cfg.loss.gan_loss)
+                            w = torch.ones((), device=d.device)
+                            if cfg.loss.adaptive_gan_weight and cfg.parallel != "fsdp":
+                                w = all_mean(adaptive_weight(loss, g_adv, last_layer), d)
+                            loss = loss + cfg.loss.gan_weight * w * g_adv
+                            sums["gan_g"] += g_adv.item() / cfg.grad_accum
+                            sums["gan_w"] += w.item() / cfg.grad_accum
+                    if not torch.isfinite(loss):
+                        finite.zero_()
+                    (loss / cfg.grad_accum).backward()
+                sums["loss"] += loss.item() / cfg.grad_accum
+                sums["rec"] += rec.item() / cfg.grad_accum
+                batches.append((x, x_hat.detach()))
+            if d.world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() == 0:  # skip the whole step on every rank
+                opt.zero_grad(set_to_none=True)
+                counters["bad_steps"] += 1
+                counters["bad_in_row"] += 1
+                if d.main:
+                    logger.warning(f"step {step}: non-finite loss, step skipped ({counters['bad_in_row']} in a row)")
+                if counters["bad_in_row"] >= cfg.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{counters['bad_in_row']} non-finite losses in a row at step {step}; lower optim.lr, "
+                        f"use precision=fp32, or resume from an earlier checkpoint in {run_dir / 'checkpoints'}"
+                    )
+                continue
+            counters["bad_in_row"] = 0
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                train_model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            )
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            if ema is not None:
+                ema.update(model)
+
+            # -- discriminator step on the same clips --
+            if gan_on:
+                disc.requires_grad_(True)
+                for x, x_hat in batches:
+                    with autocast:
+                        d_loss = discriminator_loss(train_disc(x), train_disc(x_hat), cfg.loss.gan_loss)
+                    (d_loss / len(batches)).backward()
+                    sums["disc"] += d_loss.item() / len(batches)
+                torch.nn.utils.clip_grad_norm_(train_disc.parameters(), 10.0)
+                opt_d.step()
+                opt_d.zero_grad(set_to_none=True)
+
+            step += 1
+            counters["samples"] += cfg.batch_size * cfg.grad_accum * d.world
+
+            # -- logs, validation, checkpoints --
+            if d.main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.time()
+                clips_per_s = (counters["samples"] - samples_last) / max(now - t_last, 1e-9)
+                t_last, samples_last = now, counters["samples"]
+                metrics = {f"train/{k}": v for k, v in sums.items()}
+                metrics.update({"train/lr": sched.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                                "perf/clips_per_s": clips_per_s, "perf/peak_mem_gib": peak_memory_gib(d.device),
+                                "data/skipped_clips": counters["skipped_clips"], "train/bad_steps": counters["bad_steps"]})
+                log.log(step, metrics)
+                logger.info(f"step {step}/{cfg.steps} loss {sums['loss']:.4f} rec {sums['rec']:.4f} "
+                            f"lr {metrics['train/lr']:.2e} {clips_per_s:.2f} clips/s")
+            if val_clips and (step % cfg.val_every == 0 or step == cfg.steps):
+                full = get_model_state_dict(train_model, options=FULL)  # collective under FSDP
+                if d.main:
+                    eval_model.load_state_dict(ema.state_dict() if ema is not None else full)
+                    log.log(step, validate(eval_model, val_clips, run_dir / "val", step))
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+        if step % cfg.checkpoint_every != 0:
+            checkpoint()  # at exit: the end of the run, or a stop signal
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if log is not None:
+            log.close()
+
+    # ---- export ---------------------------------------------------------------------------------------------
+    out = run_dir / "model"
+    full = get_model_state_dict(train_model, options=FULL)
+    if d.main:
+        final = AutoencoderDCV.from_arch(arch)
+        final.load_state_dict(ema.state_dict() if ema is not None else full)
+        with atomic_dir(out, overwrite=True) as tmp:
+            final.save_pretrained(tmp)
+        logger.info(f"model written to {out}" + (" (EMA weights)" if ema is not None else ""))
+    if stop["signal"] is not None and d.main:
+        logger.info(f"stopped by signal {stop['signal']} at step {step}; resume with --resume auto")
+    if d.world > 1:
+        dist.barrier()
+    return out
