@@ -15,7 +15,6 @@ The two variants give quite different numbers: reports must say which one was us
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,14 +176,6 @@ def lpips_package_weights(net: str) -> Path:
             f"--force-reinstall lpips`) or pass linear_weights=PATH"
         )
     return path
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class LPIPS(nn.Module):
