@@ -358,11 +358,11 @@ def load_video_autoencoder(
         import diffusers
 
         try:
-            model = getattr(diffusers, cls).from_pretrained(path)
+            model = getattr(diffusers, cls).from_pretrained(path, torch_dtype=dtype)
         except (OSError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DCVGError(f"{path}: cannot load the {cls} ({first})") from e
-        return DIFFUSERS_ADAPTERS[cls](model.to(device=device, dtype=dtype), name=_display_name(path))
+        return DIFFUSERS_ADAPTERS[cls](model.to(device), name=_display_name(path))
     if cls in (None, "AutoencoderDCV"):
         model = load_autoencoder(str(spec), device=device, dtype=dtype)
         name = "dc-ae-v-default" if str(spec) == "default" else _display_name(path)
