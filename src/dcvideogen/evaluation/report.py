@@ -88,9 +88,9 @@ def _ratio(value: float) -> str:
 
 
 def markdown_table(result: Evaluation) -> str:
-    net = result.config.lpips_net
+    lpips = f"LPIPS-{result.lpips['net']}" if result.lpips else "LPIPS"
     lines = [
-        f"| model | config | compression | PSNR ↑ | SSIM ↑ | LPIPS-{net} ↓ | FVD ↓ | encode s/clip | decode s/clip |",
+        f"| model | config | compression | PSNR ↑ | SSIM ↑ | {lpips} ↓ | FVD ↓ | encode s/clip | decode s/clip |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in result.runs:
@@ -104,17 +104,22 @@ def markdown_table(result: Evaluation) -> str:
 
 
 def _long_table(result: Evaluation) -> list[str]:
+    with_lpips = result.lpips is not None
+    head = "| model | config | frames | clips | PSNR | Δ PSNR | SSIM | Δ SSIM |"
+    rule = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     lines = [
-        "| model | config | frames | clips | PSNR | Δ PSNR | SSIM | Δ SSIM | LPIPS | Δ LPIPS |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        head + " LPIPS | Δ LPIPS |" if with_lpips else head,
+        rule + " ---: | ---: |" if with_lpips else rule,
     ]
     for run in result.runs:
         for r in long_rows(run):
-            lines.append(
+            line = (
                 f"| {run.name} | {run.notation} | {r['frames']} | {r['clips']} | {_fmt(r['psnr'], 2)} | "
-                f"{_fmt(r['psnr_change'], 2, True)} | {_fmt(r['ssim'], 4)} | {_fmt(r['ssim_change'], 4, True)} | "
-                f"{_fmt(r['lpips'], 4)} | {_fmt(r['lpips_change'], 4, True)} |"
+                f"{_fmt(r['psnr_change'], 2, True)} | {_fmt(r['ssim'], 4)} | {_fmt(r['ssim_change'], 4, True)} |"
             )
+            if with_lpips:
+                line += f" {_fmt(r['lpips'], 4)} | {_fmt(r['lpips_change'], 4, True)} |"
+            lines.append(line)
     return lines
 
 
