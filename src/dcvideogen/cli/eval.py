@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import DCVGError
 from ..evaluation.adapters import load_video_autoencoder
 from ..evaluation.protocol import Protocol, find_videos
-from ..evaluation.report import markdown_table, write_report
+from ..evaluation.report import check_figures, markdown_table, write_report
 from ..evaluation.runner import EvalConfig, default_cache_dir, evaluate
 from ..metrics.lpips import BACKBONES
 from ..utils.atomic import check_writable_parent
@@ -145,6 +145,7 @@ def cmd_eval_ae(args: argparse.Namespace) -> int:
         max_videos=args.max_videos,
     )
     find_videos(args.data, args.max_videos)  # a bad --data fails before any model is loaded
+    check_figures()
     if args.samples < 0:
         raise DCVGError(f"--samples {args.samples}: must be 0 or more")
     for flag, value in (("--lpips-weights", args.lpips_weights), ("--lpips-linear", args.lpips_linear)):

@@ -158,8 +158,11 @@ class WanAdapter(VideoAutoencoder):
         self.model = model.eval()
         self.name = name
         cfg = model.config
-        self.spatial_factor = int(cfg.scale_factor_spatial)
-        self.temporal_factor = int(cfg.scale_factor_temporal)
+        # From the architecture (one 2x spatial downsampling per stage after the first, 2x in time where
+        # temperal_downsample says so, then the patchify of Wan 2.2); the config's scale_factor_* fields
+        # are missing from older saved configs.
+        self.spatial_factor = 2 ** (len(cfg.dim_mult) - 1) * int(cfg.patch_size or 1)
+        self.temporal_factor = 2 ** sum(bool(d) for d in cfg.temperal_downsample[: len(cfg.dim_mult) - 1])
         self.latent_channels = int(cfg.z_dim)
         self._mean = _channel_view(cfg.latents_mean, self.latent_channels, "latents_mean")
         self._std = _channel_view(cfg.latents_std, self.latent_channels, "latents_std")

@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+from ..errors import DCVGError
 from ..utils.atomic import atomic_dir
 from .runner import Evaluation, ModelRun, median, summarize
 
@@ -263,12 +264,22 @@ def json_report(result: Evaluation, command: str | None = None) -> dict:
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise DCVGError(
+            "the report's figures need matplotlib: pip install 'dcvideogen[eval]' (or matplotlib)"
+        ) from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def check_figures() -> None:
+    """Fail before an evaluation when the report's figures could not be drawn."""
+    _pyplot()
 
 
 def plot_psnr_vs_compression(result: Evaluation, path: Path) -> None:

@@ -158,7 +158,8 @@ def environment(device: torch.device) -> dict:
         "av": av.__version__,
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
