@@ -209,6 +209,8 @@ def evaluate(
     videos = find_videos(data, protocol.max_videos)
     root = Path(data)
     specs = specs or [ae.name for ae in autoencoders]
+    if len(specs) != len(autoencoders):
+        raise ValueError(f"{len(specs)} specs for {len(autoencoders)} autoencoders")
     length = protocol.frames
     runs = [
         ModelRun(
