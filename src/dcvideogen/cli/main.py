@@ -8,9 +8,10 @@ import sys
 
 from ..errors import DCVGError
 from . import ae, train
+from . import eval as eval_ae
 
 # Modules that add sub-commands: each has register(subparsers) setting `func` on its parser.
-COMMAND_MODULES = [ae, train]
+COMMAND_MODULES = [ae, train, eval_ae]
 
 
 def build_parser() -> argparse.ArgumentParser:

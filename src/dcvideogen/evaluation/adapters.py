@@ -1,14 +1,29 @@
 """One small interface over the video autoencoders users compare (Table 1 of the paper).
 
 Every adapter takes and returns videos (B, 3, T, H, W) in [-1, 1], knows the frame counts and sizes
-its model accepts, and handles its latent normalisation, so evaluation and benchmarks treat all
-autoencoders alike. `reconstruct` pads a clip to an accepted shape (repeating the last frame in time,
-the edge pixels in space), runs the model, and crops back to the input's shape.
+its model accepts, and handles its latent normalisation (as the model's own diffusion pipelines do), so
+evaluation and benchmarks treat all autoencoders alike. `reconstruct` pads a clip to an accepted shape
+(repeating the last frame in time, the edge pixels in space), runs the model, and crops back to the
+input's shape, so padded frames never reach a metric.
+
+Frame rules and normalisations, as in diffusers 0.42 (models and pipelines):
+
+| model                      | frames       | latent seen by the diffusion model                 |
+| -------------------------- | ------------ | -------------------------------------------------- |
+| AutoencoderDCV (ours)      | multiple of the chunk (40) | z * scaling_factor                    |
+| AutoencoderKLWan 2.1 / 2.2 | 1 + 4k       | (z - latents_mean) / latents_std (config lists)    |
+| AutoencoderKLLTXVideo      | 1 + 8k       | (z - latents_mean) * scaling_factor / latents_std (buffers) |
+| AutoencoderKLHunyuanVideo  | 1 + 4k       | z * scaling_factor                                 |
+| AutoencoderKLCogVideoX     | 1 + 8k       | (z - shift_factor) * scaling_factor                |
+| AutoencoderDC (image)      | any          | z * scaling_factor, frame by frame                 |
+
+The KL autoencoders use their posterior's mode (mean), the usual choice for reconstruction.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -24,6 +39,11 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def one_plus_multiple(n: int, k: int) -> int:
+    """Smallest 1 + k*j >= n (the causal first-frame rule of most video VAEs)."""
+    return 1 + round_up(max(n - 1, 0), k)
+
+
 class VideoAutoencoder(ABC):
     """Adapter: encode / decode / reconstruct with the model's own frame rule and latent normalisation."""
 
@@ -31,6 +51,7 @@ class VideoAutoencoder(ABC):
     spatial_factor: int
     temporal_factor: int
     latent_channels: int
+    model: torch.nn.Module
 
     @property
     def notation(self) -> str:
@@ -40,6 +61,16 @@ class VideoAutoencoder(ABC):
     @property
     def compression_ratio(self) -> float:
         return 3 * self.spatial_factor**2 * self.temporal_factor / self.latent_channels
+
+    @property
+    def kind(self) -> str:
+        """The model class, for reports."""
+        return type(self.model).__name__
+
+    @property
+    @abstractmethod
+    def frame_rule(self) -> str:
+        """The accepted frame counts in words, e.g. '1 + 4k'."""
 
     @abstractmethod
     def valid_num_frames(self, num_frames: int) -> int:
@@ -57,12 +88,12 @@ class VideoAutoencoder(ABC):
         """Latent from `encode` -> video."""
 
     @property
-    @abstractmethod
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        return self.model.device
 
     @property
-    @abstractmethod
-    def dtype(self) -> torch.dtype: ...
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Pad (B, 3, T, H, W) to an accepted shape, repeating the last frame and the edge pixels."""
@@ -97,22 +128,26 @@ class DCAEVAdapter(VideoAutoencoder):
             a.latent_channels,
         )
 
+    @property
+    def frame_rule(self) -> str:
+        return f"multiple of {self.model.arch.frame_multiple}"
+
     def valid_num_frames(self, num_frames: int) -> int:
         return round_up(num_frames, self.model.arch.frame_multiple)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode(x).latent * self.model.config.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z / self.model.config.scaling_factor).sample
+
+
+def _channel_view(values, channels: int, what: str) -> torch.Tensor:
+    """Per-channel statistics as a (1, C, 1, 1, 1) float32 tensor, checked against the latent width."""
+    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if t.numel() != channels:
+        raise DCVGError(f"the model's {what} has {t.numel()} entries for {channels} latent channels")
+    return t.view(1, channels, 1, 1, 1)
 
 
 class WanAdapter(VideoAutoencoder):
@@ -123,24 +158,21 @@ class WanAdapter(VideoAutoencoder):
         self.model = model.eval()
         self.name = name
         cfg = model.config
-        self.spatial_factor = int(cfg.scale_factor_spatial)
-        self.temporal_factor = int(cfg.scale_factor_temporal)
+        # From the architecture (one 2x spatial downsampling per stage after the first, 2x in time where
+        # temperal_downsample says so, then the patchify of Wan 2.2); the config's scale_factor_* fields
+        # are missing from older saved configs.
+        self.spatial_factor = 2 ** (len(cfg.dim_mult) - 1) * int(cfg.patch_size or 1)
+        self.temporal_factor = 2 ** sum(bool(d) for d in cfg.temperal_downsample[: len(cfg.dim_mult) - 1])
         self.latent_channels = int(cfg.z_dim)
-        c = self.latent_channels
-        self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, c, 1, 1, 1)
-        self._std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, c, 1, 1, 1)
+        self._mean = _channel_view(cfg.latents_mean, self.latent_channels, "latents_mean")
+        self._std = _channel_view(cfg.latents_std, self.latent_channels, "latents_std")
+
+    @property
+    def frame_rule(self) -> str:
+        return f"1 + {self.temporal_factor}k"
 
     def valid_num_frames(self, num_frames: int) -> int:
-        t = self.temporal_factor
-        return 1 + round_up(max(num_frames - 1, 0), t)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        return one_plus_multiple(num_frames, self.temporal_factor)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         z = self.model.encode(x).latent_dist.mode()
@@ -149,6 +181,153 @@ class WanAdapter(VideoAutoencoder):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z * self._std.to(z) + self._mean.to(z)
         return self.model.decode(z).sample
+
+
+class LTXVideoAdapter(VideoAutoencoder):
+    """diffusers `AutoencoderKLLTXVideo` (LTX-Video f32t8c128): 1 + 8k frames; latents normalised as
+    `LTXPipeline._normalize_latents`: (z - latents_mean) * scaling_factor / latents_std, with the model's
+    latents_mean / latents_std buffers. A decoder with timestep conditioning (LTX 0.9.1+) is run at
+    `decode_timestep` (the pipeline's default 0.0, no decode noise), so reconstruction is deterministic."""
+
+    def __init__(self, model, name: str = "ltx-video", decode_timestep: float = 0.0) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.decode_timestep = decode_timestep
+        self.spatial_factor = int(model.spatial_compression_ratio)
+        self.temporal_factor = int(model.temporal_compression_ratio)
+        self.latent_channels = int(model.config.latent_channels)
+        self._scale = float(model.config.scaling_factor)
+
+    @property
+    def frame_rule(self) -> str:
+        return f"1 + {self.temporal_factor}k"
+
+    def valid_num_frames(self, num_frames: int) -> int:
+        return one_plus_multiple(num_frames, self.temporal_factor)
+
+    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.latent_channels
+        return (
+            self.model.latents_mean.view(1, c, 1, 1, 1).to(z),
+            self.model.latents_std.view(1, c, 1, 1, 1).to(z),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model.encode(x).latent_dist.mode()
+        mean, std = self._stats(z)
+        return (z - mean) * self._scale / std
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(z)
+        z = z * std / self._scale + mean
+        temb = None
+        if self.model.config.timestep_conditioning:
+            temb = torch.full((z.shape[0],), self.decode_timestep, device=z.device, dtype=z.dtype)
+        return self.model.decode(z, temb).sample
+
+
+class HunyuanVideoAdapter(VideoAutoencoder):
+    """diffusers `AutoencoderKLHunyuanVideo` (f8t4c16): 1 + 4k frames, latents z * scaling_factor
+    (0.476986 in the release), posterior mode."""
+
+    def __init__(self, model, name: str = "hunyuan-video") -> None:
+        self.model = model.eval()
+        self.name = name
+        self.spatial_factor = int(model.config.spatial_compression_ratio)
+        self.temporal_factor = int(model.config.temporal_compression_ratio)
+        self.latent_channels = int(model.config.latent_channels)
+
+    @property
+    def frame_rule(self) -> str:
+        return f"1 + {self.temporal_factor}k"
+
+    def valid_num_frames(self, num_frames: int) -> int:
+        return one_plus_multiple(num_frames, self.temporal_factor)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x).latent_dist.mode() * self.model.config.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z / self.model.config.scaling_factor).sample
+
+
+class CogVideoXAdapter(VideoAutoencoder):
+    """diffusers `AutoencoderKLCogVideoX` (f8t4c16): frames 1 + 8k (49, 81 in the releases). The model
+    encodes 8 frames and decodes 2 latent frames at a time; other counts (e.g. 1 + 4k with k odd) come
+    back with the wrong length. Latents (z - shift_factor) * scaling_factor as in the pipelines."""
+
+    def __init__(self, model, name: str = "cogvideox") -> None:
+        self.model = model.eval()
+        self.name = name
+        cfg = model.config
+        self.spatial_factor = 2 ** (len(cfg.block_out_channels) - 1)
+        self.temporal_factor = int(cfg.temporal_compression_ratio)
+        self.latent_channels = int(cfg.latent_channels)
+        self.frame_step = math.lcm(
+            int(model.num_sample_frames_batch_size),
+            int(model.num_latent_frames_batch_size) * self.temporal_factor,
+        )
+        self._scale = float(cfg.scaling_factor)
+        self._shift = float(cfg.shift_factor or 0.0)
+
+    @property
+    def frame_rule(self) -> str:
+        return f"1 + {self.frame_step}k"
+
+    def valid_num_frames(self, num_frames: int) -> int:
+        return one_plus_multiple(num_frames, self.frame_step)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model.encode(x).latent_dist.mode() - self._shift) * self._scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z / self._scale + self._shift).sample
+
+
+class ImageDCAEAdapter(VideoAutoencoder):
+    """diffusers `AutoencoderDC` (the image DC-AE, f32c32 / f64c128 / f128c512) applied frame by frame:
+    any frame count, no temporal compression (t1), latents z * scaling_factor."""
+
+    def __init__(self, model, name: str = "dc-ae", frames_per_batch: int = 8) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.frames_per_batch = frames_per_batch
+        self.spatial_factor = int(model.spatial_compression_ratio)
+        self.temporal_factor = 1
+        self.latent_channels = int(model.config.latent_channels)
+
+    @property
+    def frame_rule(self) -> str:
+        return "any"
+
+    def valid_num_frames(self, num_frames: int) -> int:
+        return max(num_frames, 1)
+
+    def _framewise(self, x: torch.Tensor, fn) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
+        out = torch.cat(
+            [fn(frames[i : i + self.frames_per_batch]) for i in range(0, b * t, self.frames_per_batch)]
+        )
+        return out.view(b, t, *out.shape[1:]).transpose(1, 2)  # (B, C', T, H', W')
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.model.config.scaling_factor
+        return self._framewise(x, lambda f: self.model.encode(f).latent * scale)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        scale = self.model.config.scaling_factor
+        return self._framewise(z, lambda f: self.model.decode(f / scale).sample)
+
+
+# diffusers class name -> (adapter, default name)
+DIFFUSERS_ADAPTERS: dict[str, type[VideoAutoencoder]] = {
+    "AutoencoderKLWan": WanAdapter,
+    "AutoencoderKLLTXVideo": LTXVideoAdapter,
+    "AutoencoderKLHunyuanVideo": HunyuanVideoAdapter,
+    "AutoencoderKLCogVideoX": CogVideoXAdapter,
+    "AutoencoderDC": ImageDCAEAdapter,
+}
 
 
 def _class_name(folder: Path) -> str | None:
@@ -161,22 +340,37 @@ def _class_name(folder: Path) -> str | None:
         raise DCVGError(f"{config}: not valid JSON ({e})") from e
 
 
+def _display_name(path: Path) -> str:
+    """A model's name in reports: the folder (its parent for a pipeline's `vae/`) or the file stem."""
+    if path.suffix:
+        return path.stem
+    name = path.resolve().name
+    return f"{path.resolve().parent.name}/{name}" if name == "vae" else name
+
+
 def load_video_autoencoder(
     spec: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> VideoAutoencoder:
-    """An adapter for a model folder (DC-AE-V or a diffusers video autoencoder), an official DC-AE-V
-    `.pt`, or 'default' (the bundled DC-AE-V)."""
+    """An adapter for a model folder (DC-AE-V or a diffusers video autoencoder, or a diffusers pipeline
+    folder with a `vae/`), an official DC-AE-V `.pt`, or 'default' (the bundled DC-AE-V)."""
     path = Path(spec)
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+        path = path / "vae"  # a pipeline folder (model_index.json + vae/)
     cls = _class_name(path) if path.is_dir() else None
-    if cls == "AutoencoderKLWan":
-        from diffusers import AutoencoderKLWan
+    if cls in DIFFUSERS_ADAPTERS:
+        import diffusers
 
-        model = AutoencoderKLWan.from_pretrained(path).to(device=device, dtype=dtype)
-        return WanAdapter(model, name=path.name)
+        try:
+            model = getattr(diffusers, cls).from_pretrained(path, torch_dtype=dtype)
+        except (OSError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DCVGError(f"{path}: cannot load the {cls} ({first})") from e
+        return DIFFUSERS_ADAPTERS[cls](model.to(device), name=_display_name(path))
     if cls in (None, "AutoencoderDCV"):
         model = load_autoencoder(str(spec), device=device, dtype=dtype)
-        name = "dc-ae-v-default" if str(spec) == "default" else path.stem if path.suffix else path.name
+        name = "dc-ae-v-default" if str(spec) == "default" else _display_name(path)
         return DCAEVAdapter(model, name=name)
     raise DCVGError(
-        f"{spec}: holds a {cls}, which has no adapter (supported: AutoencoderDCV, AutoencoderKLWan)"
+        f"{spec}: holds a {cls}, which has no adapter (supported: AutoencoderDCV, "
+        f"{', '.join(DIFFUSERS_ADAPTERS)})"
     )
