@@ -38,7 +38,7 @@ def test_t2v_shapes_and_frame_rounding(t2v):
         num_frames=FRAMES,
         generator=gen(0),
         output_type="pt",
-        guidance_scale=1,
+        negative_prompt="blurry",
         **T2V,
     ).frames
     assert pt.shape == (2, FRAMES, 3, HEIGHT, WIDTH)

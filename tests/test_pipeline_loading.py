@@ -91,6 +91,9 @@ def test_missing_released_parts_are_named(released, tmp_path):
 def test_saved_folder_checks(released, tmp_path):
     out = tmp_path / "t2v"
     convert_released(released, out, "t2v")
+    assert inspect_model_folder(out).autoencoder_config().chunk_size == 40  # the release's, not stored in the .pt
+    pipe = load_pipeline(out, ae_chunk_size=16)
+    assert pipe.vae.arch.chunk_size == 16 and pipe.transformer.dtype == pipe.vae.dtype == torch.bfloat16
     with pytest.raises(DCVGError, match="holds a text-to-video pipeline, not image-to-video; use --task t2v"):
         inspect_model_folder(out, "i2v")
     shutil.rmtree(out / "text_encoder")

@@ -54,8 +54,8 @@ class DCVideoGenMixin:
     """Shared by `DCVideoGenPipeline` and `DCVideoGenImageToVideoPipeline` (mixed in before the Wan class)."""
 
     task: ClassVar[str]  # "t2v" or "i2v"
-    # Seconds per phase of the last call (encode_prompt, encode_image, condition, denoise, decode, ...),
-    # plus the number of steps; `seconds_per_step` = denoise / steps.
+    # Seconds per phase of the last call (encode_prompt, encode_image, encode_condition, denoise, decode),
+    # and seconds_per_step = denoise / steps.
     timings: dict[str, float]
 
     def _init_geometry(self) -> None:
@@ -132,11 +132,10 @@ class DCVideoGenMixin:
             raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}")
         if not prompts or any(not p.strip() for p in prompts):
             raise DCVGError("the prompt is empty; describe the video to generate")
-        if negative_prompt is not None:
-            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
-            if len(negatives) != len(prompts):
+        if isinstance(negative_prompt, list):  # a single text applies to every prompt
+            if len(negative_prompt) != len(prompts):
                 raise ValueError(
-                    f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one each"
+                    f"{len(negative_prompt)} negative prompts for {len(prompts)} prompts; give one each"
                 )
         return len(prompts)
 
