@@ -41,8 +41,8 @@ def _run(pipe, task):
 def test_released_layout_loads_and_converts(task, released, tmp_path):
     folder = inspect_model_folder(released, task)
     assert folder.layout is Layout.RELEASED and folder.transformer_dir.name == f"transformer_{task}"
-    pipe = load_pipeline(released, task, dtype=torch.float32, ae_chunk_size=8)
     cls = DCVideoGenPipeline if task == "t2v" else DCVideoGenImageToVideoPipeline
+    pipe = cls.from_pretrained(released, torch_dtype=torch.float32, ae_chunk_size=8)  # = load_pipeline(...)
     assert type(pipe) is cls and pipe.vae.arch.chunk_size == 8 and pipe.vae.arch.name == "f32t4c32"
     if task == "i2v":
         assert pipe.image_encoder.dtype == torch.float32 and pipe.image_processor.crop_size["height"] == 28
@@ -91,7 +91,9 @@ def test_missing_released_parts_are_named(released, tmp_path):
 def test_saved_folder_checks(released, tmp_path):
     out = tmp_path / "t2v"
     convert_released(released, out, "t2v")
-    assert inspect_model_folder(out).autoencoder_config().chunk_size == 40  # the release's, not stored in the .pt
+    assert (
+        inspect_model_folder(out).autoencoder_config().chunk_size == 40
+    )  # the release's, not stored in the .pt
     pipe = load_pipeline(out, ae_chunk_size=16)
     assert pipe.vae.arch.chunk_size == 16 and pipe.transformer.dtype == pipe.vae.dtype == torch.bfloat16
     with pytest.raises(DCVGError, match="holds a text-to-video pipeline, not image-to-video; use --task t2v"):

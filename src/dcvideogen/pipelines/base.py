@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -65,6 +66,24 @@ class DCVideoGenMixin:
         self.vae_scale_factor_spatial = vae.spatial_compression_ratio if vae is not None else 32
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self.timings = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' `from_pretrained`, plus the released folder layout (a local folder without
+        model_index.json: dc-ae-v-*.pt, transformer_t2v/ or transformer_i2v/, ...). For that layout only
+        `torch_dtype` (default bfloat16; the CLIP encoder stays float32) and `ae_chunk_size` are accepted."""
+        path = Path(str(pretrained_model_name_or_path))
+        if not path.is_dir() or (path / "model_index.json").is_file():
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        from .loading import load_pipeline
+
+        dtype = kwargs.pop("torch_dtype", torch.bfloat16)
+        ae_chunk_size = kwargs.pop("ae_chunk_size", None)
+        if kwargs:
+            raise TypeError(f"{sorted(kwargs)}: not supported when loading the released layout from {path}")
+        if isinstance(dtype, dict):
+            dtype = dtype.get("default", torch.bfloat16)
+        return load_pipeline(path, cls.task, dtype=dtype, ae_chunk_size=ae_chunk_size)
 
     # ---- checks -------------------------------------------------------------------------------------------
     @property
@@ -132,11 +151,11 @@ class DCVideoGenMixin:
             raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}")
         if not prompts or any(not p.strip() for p in prompts):
             raise DCVGError("the prompt is empty; describe the video to generate")
-        if isinstance(negative_prompt, list):  # a single text applies to every prompt
-            if len(negative_prompt) != len(prompts):
-                raise ValueError(
-                    f"{len(negative_prompt)} negative prompts for {len(prompts)} prompts; give one each"
-                )
+        # A single negative text applies to every prompt; a list needs one per prompt.
+        if isinstance(negative_prompt, list) and len(negative_prompt) != len(prompts):
+            raise ValueError(
+                f"{len(negative_prompt)} negative prompts for {len(prompts)} prompts; give one each"
+            )
         return len(prompts)
 
     # ---- latents --------------------------------------------------------------------------------------------
