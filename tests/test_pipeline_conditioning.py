@@ -9,6 +9,7 @@ from dcvideogen.pipelines.conditioning import (
     expected_transformer_channels,
     first_frames_mask,
     i2v_transformer_input,
+    image_condition_pieces,
     image_condition_video,
     resolve_geometry,
     round_num_frames,
@@ -75,6 +76,10 @@ def test_image_condition_video_repeats_the_image_then_zeros():
     for t in range(4):
         torch.testing.assert_close(clip[:, :, t], image, rtol=0, atol=0)
     assert clip[:, :, 4:].abs().sum() == 0
+    for piece_frames in (1, 3, 5, 12, 40):  # the streamed version is the same clip
+        pieces = list(image_condition_pieces(image, 12, piece_frames))
+        assert all(p.shape[2] <= piece_frames for p in pieces)
+        torch.testing.assert_close(torch.cat(pieces, dim=2), clip, rtol=0, atol=0)
 
 
 def test_transformer_input_channel_order():

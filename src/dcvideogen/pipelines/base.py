@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -219,15 +219,19 @@ class DCVideoGenMixin:
         finally:
             self.vae.memory_budget = budget
 
-    def encode_video(self, video: torch.Tensor, latent_frames: int) -> torch.Tensor:
-        """(B, 3, T, H, W) in [-1, 1] -> diffusion-space latent (B, Z, latent_frames, h, w), float32.
+    def encode_video(self, video: torch.Tensor | Iterable[torch.Tensor], latent_frames: int) -> torch.Tensor:
+        """(B, 3, T, H, W) in [-1, 1], whole or as consecutive pieces -> diffusion-space latent
+        (B, Z, latent_frames, h, w), float32. Pieces are encoded as they come (streaming).
 
         The autoencoder pads the clip to whole chunks; the latent frames past `latent_frames` belong to the
         padding and are dropped."""
+        pieces = [video] if isinstance(video, torch.Tensor) else video
         with self._vae_on_device() as device:
-            raw = self.vae.encode(
-                video.to(device=device, dtype=self.vae.dtype)
-            ).latent  # (B, Z, T'_pad, h, w)
+            pieces = (p.to(device=device, dtype=self.vae.dtype) for p in pieces)
+            if self.vae.use_streaming:
+                raw = torch.cat(list(self.vae.encode_stream(pieces)), dim=2)  # (B, Z, T'_pad, h, w)
+            else:
+                raw = self.vae.encode(torch.cat(list(pieces), dim=2)).latent
         return to_diffusion_space(raw[:, :, :latent_frames].float(), self.vae.config.scaling_factor)
 
     def decode_latents(self, latents: torch.Tensor, geometry: VideoGeometry) -> Iterator[torch.Tensor]:

@@ -13,6 +13,7 @@ functions with no model in them, so that each convention is tested on its own:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,26 @@ def image_condition_video(image: torch.Tensor, num_frames: int, repeats: int = 4
     first = image.unsqueeze(2).expand(b, c, repeats, h, w)  # (B, 3, 4, H, W)
     rest = image.new_zeros(b, c, num_frames - repeats, h, w)  # (B, 3, T - 4, H, W)
     return torch.cat([first, rest], dim=2)  # (B, 3, T, H, W)
+
+
+def image_condition_pieces(
+    image: torch.Tensor, num_frames: int, piece_frames: int, repeats: int = 4
+) -> Iterator[torch.Tensor]:
+    """`image_condition_video` in consecutive pieces of `piece_frames` frames (the last may be shorter), so
+    that a long high-resolution condition clip is never held whole: (B, 3, <= piece_frames, H, W) each."""
+    if image.dim() != 4:
+        raise ValueError(f"expected an image batch (B, 3, H, W), got shape {tuple(image.shape)}")
+    if num_frames < repeats or piece_frames < 1:
+        raise ValueError(
+            f"need num_frames >= {repeats} and piece_frames >= 1, got {num_frames}, {piece_frames}"
+        )
+    b, c, h, w = image.shape
+    for start in range(0, num_frames, piece_frames):
+        piece = image.new_zeros(b, c, min(piece_frames, num_frames - start), h, w)  # (B, 3, t, H, W)
+        known = min(repeats - start, piece.shape[2])
+        if known > 0:
+            piece[:, :, :known] = image.unsqueeze(2)
+        yield piece
 
 
 def first_frames_mask(

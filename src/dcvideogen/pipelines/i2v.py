@@ -31,6 +31,7 @@ from .conditioning import (
     VideoGeometry,
     first_frames_mask,
     i2v_transformer_input,
+    image_condition_pieces,
     image_condition_video,
     token_timesteps,
 )
@@ -124,8 +125,9 @@ class DCVideoGenImageToVideoPipeline(DCVideoGenMixin, WanImageToVideoPipeline):
             mask = torch.ones(1, 1, t, h, w, device=device)
             mask[:, :, 0] = 0
         else:
-            clip = image_condition_video(image, geometry.num_frames)  # (N, 3, T, H, W)
-            latent = self.encode_video(clip, t)  # (N, Z, T', h, w)
+            # image x4 + black frames (N, 3, T, H, W), made and encoded one autoencoder chunk at a time
+            pieces = image_condition_pieces(image.to(device), geometry.num_frames, self.vae.stream_frames)
+            latent = self.encode_video(pieces, t)  # (N, Z, T', h, w)
             mask = first_frames_mask(
                 n, geometry.num_frames, h, w, self.vae_scale_factor_temporal, device=device
             )
