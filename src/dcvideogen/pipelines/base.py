@@ -71,13 +71,14 @@ class DCVideoGenMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' `from_pretrained`, plus the released folder layout (a local folder without
         model_index.json: dc-ae-v-*.pt, transformer_t2v/ or transformer_i2v/, ...). For that layout only
-        `torch_dtype` (default bfloat16; the CLIP encoder stays float32) and `ae_chunk_size` are accepted."""
+        `dtype` / `torch_dtype` (default bfloat16; the CLIP encoder stays float32) and `ae_chunk_size` are
+        accepted."""
         path = Path(str(pretrained_model_name_or_path))
         if not path.is_dir() or (path / "model_index.json").is_file():
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         from .loading import load_pipeline
 
-        dtype = kwargs.pop("torch_dtype", torch.bfloat16)
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or torch.bfloat16
         ae_chunk_size = kwargs.pop("ae_chunk_size", None)
         if kwargs:
             raise TypeError(f"{sorted(kwargs)}: not supported when loading the released layout from {path}")

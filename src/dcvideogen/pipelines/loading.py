@@ -269,6 +269,13 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _diffusers_dtype(dtype) -> dict:
+    """The dtype keyword of diffusers' from_pretrained: `dtype` since it deprecated `torch_dtype`."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 def _load_saved(folder: ModelFolder, dtype, image_encoder_dtype, ae_chunk_size):
     cls = PIPELINES[folder.task]
     extra = {}
@@ -276,7 +283,7 @@ def _load_saved(folder: ModelFolder, dtype, image_encoder_dtype, ae_chunk_size):
         extra["vae"] = AutoencoderDCV.from_pretrained(folder.autoencoder, chunk_size=ae_chunk_size).to(dtype)
     try:
         return cls.from_pretrained(
-            folder.path, torch_dtype={"default": dtype, "image_encoder": image_encoder_dtype}, **extra
+            folder.path, **_diffusers_dtype({"default": dtype, "image_encoder": image_encoder_dtype}), **extra
         )
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{folder.path}: cannot load the pipeline ({_first_line(e)})") from e
@@ -299,7 +306,7 @@ def _load_released(folder: ModelFolder, dtype, image_encoder_dtype, ae_chunk_siz
     root = folder.path
     try:
         vae = load_official(folder.autoencoder, chunk_size=ae_chunk_size).to(dtype)
-        transformer = WanTransformer3DModel.from_pretrained(folder.transformer_dir, torch_dtype=dtype)
+        transformer = WanTransformer3DModel.from_pretrained(folder.transformer_dir, **_diffusers_dtype(dtype))
         text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         scheduler = _load_scheduler(root / "scheduler")
