@@ -121,10 +121,12 @@ def test_decode_with_the_wrong_model(capsys, clips, tiny_model_dir, tmp_path):
 
 
 def test_console_script_prints_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.run(
         [sys.executable, "-m", "dcvideogen.cli.main", "reconstruct", str(tmp_path / "missing.mp4")],
         capture_output=True,
         text=True,
+        env=env,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "no such file" in proc.stderr
 

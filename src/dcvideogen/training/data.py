@@ -91,7 +91,7 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
 
 def random_crop_resize(clip: torch.Tensor, size: int, scale: float, fy: float, fx: float) -> torch.Tensor:
     """(C, T, H, W) -> (C, T, size, size): resize the short side to size*scale, crop at relative (fy, fx)."""
-    c, t, h, w = clip.shape
+    h, w = clip.shape[-2:]
     short = max(size, round(size * scale))
     if min(h, w) != short:
         nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
