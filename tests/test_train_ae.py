@@ -61,15 +61,28 @@ def weights(run: Path) -> dict:
 
 
 def test_tiny_model_overfits_one_real_clip(one_clip, tmp_path):
-    cfg = cfg_for("steps=60", "optim.lr=3e-3", "optim.ema_decay=0", "log_every=60", "checkpoint_every=1000",
-                  "data.size=32", f"data.val_clips=[{one_clip / 'carphone64.mp4'}]", "data.val_frames=8",
-                  "data.val_size=32", "val_every=60")
+    cfg = cfg_for(
+        "steps=60",
+        "optim.lr=3e-3",
+        "optim.ema_decay=0",
+        "log_every=60",
+        "checkpoint_every=1000",
+        "data.size=32",
+        f"data.val_clips=[{one_clip / 'carphone64.mp4'}]",
+        "data.val_frames=8",
+        "data.val_size=32",
+        "val_every=60",
+    )
     from dcvideogen.models.dcae_v import AutoencoderDCV
     from dcvideogen.training.trainer_ae import load_val_clips, validate
 
     torch.manual_seed(cfg.seed)
-    before = validate(AutoencoderDCV.from_preset("dc-ae-v-f32t4c32-tiny").eval(),
-                      load_val_clips(cfg, 32), tmp_path / "v0", 0)["val/carphone64/psnr"]
+    before = validate(
+        AutoencoderDCV.from_preset("dc-ae-v-f32t4c32-tiny").eval(),
+        load_val_clips(cfg, 32),
+        tmp_path / "v0",
+        0,
+    )["val/carphone64/psnr"]
     train_ae(cfg, one_clip, tmp_path / "run")
     logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     after = [r for r in logs if "val/carphone64/psnr" in r][-1]["val/carphone64/psnr"]
@@ -81,7 +94,9 @@ def test_stop_and_resume_is_bit_identical(one_clip, tmp_path):
     cfg = cfg_for("steps=6", "checkpoint_every=100", "optim.warmup_steps=2", "optim.decay=cosine")
     train_ae(cfg, one_clip, tmp_path / "straight")
     train_ae(cfg, one_clip, tmp_path / "resumed", stop_after=3)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step-00000003.safetensors"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "resumed" / "checkpoints")] == [
+        "step-00000003.safetensors"
+    ]
     train_ae(cfg, one_clip, tmp_path / "resumed", resume="auto")
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -99,8 +114,13 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, folder: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     try:
         train_ae(cfg_for("steps=2", "batch_size=1", "checkpoint_every=100", "optim.lr=1e-3"), folder, out)
@@ -113,10 +133,19 @@ def test_two_process_gloo_equals_one_process_with_the_same_global_batch(clips, t
     folder.mkdir()
     x = read_video(clips / "bikes.mp4", max_frames=24).frames[:, :, :64, :64]
     write_clip(folder / "bikes64.mp4", x)
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(folder), str(tmp_path / "ddp")), nprocs=2,
-                       join=True, start_method="spawn")
+    mp.start_processes(
+        _ddp_worker,
+        args=(2, _free_port(), str(folder), str(tmp_path / "ddp")),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
     torch.set_num_threads(2)
-    train_ae(cfg_for("steps=2", "batch_size=2", "checkpoint_every=100", "optim.lr=1e-3"), folder, tmp_path / "single")
+    train_ae(
+        cfg_for("steps=2", "batch_size=2", "checkpoint_every=100", "optim.lr=1e-3"),
+        folder,
+        tmp_path / "single",
+    )
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -178,8 +207,15 @@ def test_discriminator_and_gan_schedule(one_clip, tmp_path):
     disc = VideoDiscriminator(channels=8, max_channels=16)
     for shape in [(2, 3, 8, 64, 64), (1, 3, 1, 48, 80)]:
         assert disc(torch.randn(shape)).shape == (shape[0],)
-    cfg = cfg_for("steps=4", "loss.gan_weight=0.5", "loss.gan_start_step=2", "loss.disc_channels=8",
-                  "loss.disc_max_channels=16", "log_every=1", "checkpoint_every=2")
+    cfg = cfg_for(
+        "steps=4",
+        "loss.gan_weight=0.5",
+        "loss.gan_start_step=2",
+        "loss.disc_channels=8",
+        "loss.disc_max_channels=16",
+        "log_every=1",
+        "checkpoint_every=2",
+    )
     train_ae(cfg, one_clip, tmp_path / "run")
     logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["train/gan_g"] == 0 for r in logs] == [True, True, False, False]
@@ -213,7 +249,12 @@ def test_config_yaml_overrides_and_errors(tmp_path):
     path.write_text("steps: 10\noptim:\n  lr: 1.0e-3\ndata:\n  exclude: [a.mp4]\n")
     cfg = load_config(path, ["optim.lr=5e-4", "data.size=96", "optim.betas=[0.5, 0.9]"])
     assert (cfg.steps, cfg.optim.lr, cfg.data.size, cfg.optim.betas, cfg.data.exclude) == (
-        10, 5e-4, 96, (0.5, 0.9), ["a.mp4"])
+        10,
+        5e-4,
+        96,
+        (0.5, 0.9),
+        ["a.mp4"],
+    )
     for bad, message in [
         (["optim.lrr=1"], "unknown key 'lrr'"),
         (["steps=abc"], "expected a int"),

@@ -25,8 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="auto|CKPT",
         help="continue from the run folder's newest checkpoint (auto) or from a checkpoint file",
     )
-    p.add_argument("--stop-after", type=int, default=None, metavar="N", help="train at most N steps now, then checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4 steps=2000")
+    p.add_argument(
+        "--stop-after", type=int, default=None, metavar="N", help="train at most N steps now, then checkpoint"
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4 steps=2000"
+    )
     p.set_defaults(func=cmd_train_ae)
 
 
@@ -38,7 +42,9 @@ def cmd_train_ae(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "ae")
     if args.resume is None and list_checkpoints(out / "checkpoints"):
-        raise DCVGError(f"{out} already holds checkpoints; continue it with --resume auto or choose another --out")
+        raise DCVGError(
+            f"{out} already holds checkpoints; continue it with --resume auto or choose another --out"
+        )
     if args.stop_after is not None and args.stop_after < 1:
         raise DCVGError(f"--stop-after {args.stop_after}: must be at least 1")
     if int(os.environ.get("RANK", "0")) != 0:

@@ -77,7 +77,9 @@ def list_checkpoints(folder: Path) -> list[Path]:
     """Checkpoints in `folder`, oldest first."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: int(_NAME.match(p.name)[1]))
+    return sorted(
+        (p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: int(_NAME.match(p.name)[1])
+    )
 
 
 def load_checkpoint(path: Path) -> dict:

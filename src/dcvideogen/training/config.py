@@ -35,7 +35,9 @@ class DataConfig:
     max_scale: float = 2.0
     hflip: bool = True
     image_ratio: float = 0.2  # probability that a sample is an image repeated as a static clip
-    exclude: list[str] = field(default_factory=list)  # file names (or globs) to leave out, e.g. held-out clips
+    exclude: list[str] = field(
+        default_factory=list
+    )  # file names (or globs) to leave out, e.g. held-out clips
     workers: int = 2  # DataLoader worker processes per rank
     val_clips: list[str] = field(default_factory=list)  # validation videos (paths)
     val_frames: int = 32
@@ -97,13 +99,19 @@ class TrainConfig:
             (self.grad_accum >= 1, f"grad_accum={self.grad_accum} must be >= 1"),
             (self.precision in ("fp32", "bf16"), f"precision={self.precision!r}: use fp32 or bf16"),
             (self.parallel in ("ddp", "fsdp"), f"parallel={self.parallel!r}: use ddp or fsdp"),
-            (self.loss.reconstruction in ("l1", "l2"), f"loss.reconstruction={self.loss.reconstruction!r}: l1 or l2"),
+            (
+                self.loss.reconstruction in ("l1", "l2"),
+                f"loss.reconstruction={self.loss.reconstruction!r}: l1 or l2",
+            ),
             (self.loss.gan_loss in ("hinge", "non_saturating"), f"loss.gan_loss={self.loss.gan_loss!r}"),
             (self.optim.decay in ("constant", "cosine", "linear"), f"optim.decay={self.optim.decay!r}"),
             (self.data.num_frames >= 1 and self.data.size >= 1, "data.num_frames and data.size must be >= 1"),
             (0 <= self.data.image_ratio <= 1, f"data.image_ratio={self.data.image_ratio} must be in [0, 1]"),
             (0 < self.data.min_scale <= self.data.max_scale, "need 0 < data.min_scale <= data.max_scale"),
-            (self.checkpoint_every >= 1 and self.log_every >= 1 and self.val_every >= 1, "intervals must be >= 1"),
+            (
+                self.checkpoint_every >= 1 and self.log_every >= 1 and self.val_every >= 1,
+                "intervals must be >= 1",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -94,8 +94,12 @@ def random_crop_resize(clip: torch.Tensor, size: int, scale: float, fy: float, f
     h, w = clip.shape[-2:]
     short = max(size, round(size * scale))
     if min(h, w) != short:
-        nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
-        clip = F.interpolate(clip.transpose(0, 1), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        nh, nw = (
+            (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+        )
+        clip = F.interpolate(
+            clip.transpose(0, 1), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
+        )
         clip = clip.transpose(0, 1).clamp(-1, 1)  # (C, T, nh, nw)
         h, w = nh, nw
     y, x = round(fy * (h - size)), round(fx * (w - size))
@@ -137,7 +141,11 @@ class ClipDataset(Dataset):
         for _ in range(MAX_RETRIES):
             f, start, stride = self._draw(g)
             try:  # an image is read once and repeated after cropping: a static clip
-                clip = read_clip(f.path, 0, 1) if f.is_image else read_clip(f.path, start, cfg.num_frames, stride)
+                clip = (
+                    read_clip(f.path, 0, 1)
+                    if f.is_image
+                    else read_clip(f.path, start, cfg.num_frames, stride)
+                )
             except VideoError as e:
                 if f.path not in self._warned:
                     logger.warning(f"skipping a clip: {e}")
@@ -152,7 +160,9 @@ class ClipDataset(Dataset):
             if f.is_image:
                 clip = clip.expand(-1, cfg.num_frames, -1, -1)
             return {"video": clip.contiguous(), "index": index, "skipped": skipped}
-        raise DCVGError(f"{MAX_RETRIES} clips in a row could not be read (last: {f.path}); check the data folder")
+        raise DCVGError(
+            f"{MAX_RETRIES} clips in a row could not be read (last: {f.path}); check the data folder"
+        )
 
 
 class StreamSampler(Sampler[int]):
@@ -181,7 +191,9 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-def make_loader(files, cfg: DataConfig, seed: int, start_step: int, batch: int, accum: int, rank: int, world: int):
+def make_loader(
+    files, cfg: DataConfig, seed: int, start_step: int, batch: int, accum: int, rank: int, world: int
+):
     dataset = ClipDataset(files, cfg, seed)
     sampler = StreamSampler(start_step, batch, accum, rank, world)
     return torch.utils.data.DataLoader(

@@ -32,14 +32,18 @@ class DiscriminatorBlock(nn.Module):
 
 
 class VideoDiscriminator(nn.Module):
-    def __init__(self, channels: int = 32, max_channels: int = 256, num_blocks: int = 4, mbstd_group: int = 4) -> None:
+    def __init__(
+        self, channels: int = 32, max_channels: int = 256, num_blocks: int = 4, mbstd_group: int = 4
+    ) -> None:
         super().__init__()
         self.mbstd_group = mbstd_group
         widths = [min(channels * 2**i, max_channels) for i in range(num_blocks + 1)]
         self.from_rgb = nn.Conv3d(3, widths[0], 1)
         self.blocks = nn.ModuleList(DiscriminatorBlock(widths[i], widths[i + 1]) for i in range(num_blocks))
         self.conv_out = nn.Conv3d(widths[-1] + 1, widths[-1], 3, padding=1)
-        self.head = nn.Sequential(nn.Linear(widths[-1], widths[-1]), nn.LeakyReLU(0.2), nn.Linear(widths[-1], 1))
+        self.head = nn.Sequential(
+            nn.Linear(widths[-1], widths[-1]), nn.LeakyReLU(0.2), nn.Linear(widths[-1], 1)
+        )
 
     def minibatch_std(self, x: torch.Tensor) -> torch.Tensor:
         """Append the std over groups of samples, averaged over all features (StyleGAN2)."""

@@ -20,7 +20,9 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         params = dict(model.named_parameters())
         names = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach().float() for n in names], 1 - self.decay)
+        torch._foreach_lerp_(
+            [self.shadow[n] for n in names], [params[n].detach().float() for n in names], 1 - self.decay
+        )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full (unsharded) float32 weights, on CPU."""
@@ -32,7 +34,9 @@ class EMA:
         if missing:
             raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
         for n, t in self.shadow.items():
-            full = state[n].to(t.device if not hasattr(t, "device_mesh") else t.to_local().device, torch.float32)
+            full = state[n].to(
+                t.device if not hasattr(t, "device_mesh") else t.to_local().device, torch.float32
+            )
             if hasattr(t, "device_mesh"):
                 from torch.distributed.tensor import distribute_tensor
 

@@ -21,7 +21,9 @@ class RunLog:
 
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                logger.info("tensorboard is not installed; logging to log.jsonl only (pip install tensorboard)")
+                logger.info(
+                    "tensorboard is not installed; logging to log.jsonl only (pip install tensorboard)"
+                )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()}

@@ -109,7 +109,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+    }
     state["numpy"] = torch.from_numpy(np.random.get_state()[1].astype(np.int64))
     state["numpy_pos"] = int(np.random.get_state()[2])
     if torch.cuda.is_available():
@@ -232,15 +236,29 @@ def train_ae(
     if cfg.loss.lpips_weight > 0:
         from ..metrics.lpips import LPIPS
 
-        lpips = LPIPS(net=cfg.loss.lpips_net, backbone_weights=cfg.loss.lpips_backbone,
-                      linear_weights=cfg.loss.lpips_linear).to(d.device).eval()
+        lpips = (
+            LPIPS(
+                net=cfg.loss.lpips_net,
+                backbone_weights=cfg.loss.lpips_backbone,
+                linear_weights=cfg.loss.lpips_linear,
+            )
+            .to(d.device)
+            .eval()
+        )
     use_gan = cfg.loss.gan_weight > 0
-    disc = VideoDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_max_channels).to(d.device) if use_gan else None
+    disc = (
+        VideoDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_max_channels).to(d.device)
+        if use_gan
+        else None
+    )
 
     train_model = wrap(model, cfg, d)
-    ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None  # after wrapping: same sharding
-    opt = torch.optim.AdamW(train_model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                            weight_decay=cfg.optim.weight_decay)
+    ema = (
+        EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    )  # after wrapping: same sharding
+    opt = torch.optim.AdamW(
+        train_model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     if use_gan:
         train_disc = wrap(disc, cfg, d, shard_blocks=False)
@@ -300,7 +318,9 @@ def train_ae(
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     log = RunLog(run_dir, cfg.tensorboard) if d.main else None
     val_clips = load_val_clips(cfg, arch.spatial_compression) if eval_model is not None else []
-    loader = iter(make_loader(files, cfg.data, cfg.seed, step, cfg.batch_size, cfg.grad_accum, d.rank, d.world))
+    loader = iter(
+        make_loader(files, cfg.data, cfg.seed, step, cfg.batch_size, cfg.grad_accum, d.rank, d.world)
+    )
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     last_layer = model.decoder.conv_out.weight
     t_last, samples_last = time.time(), counters["samples"]
@@ -315,13 +335,17 @@ def train_ae(
             batches = []
             # -- generator (autoencoder) step, with gradient accumulation --
             if use_gan:
-                disc.requires_grad_(False)  # the generator's adversarial loss must not train the discriminator
+                disc.requires_grad_(
+                    False
+                )  # the generator's adversarial loss must not train the discriminator
             for micro in range(cfg.grad_accum):
                 batch = next(loader)
                 counters["skipped_clips"] += int(batch["skipped"])
                 x = batch["video"].to(d.device, non_blocking=True)  # (B, 3, T, S, S)
                 last_micro = micro == cfg.grad_accum - 1
-                no_sync = train_model.no_sync() if (not last_micro and hasattr(train_model, "no_sync")) else None
+                no_sync = (
+                    train_model.no_sync() if (not last_micro and hasattr(train_model, "no_sync")) else None
+                )
                 with no_sync or contextlib.nullcontext():
                     with autocast:
                         x_hat = train_model(x).sample
@@ -352,7 +376,9 @@ def train_ae(
                 counters["bad_steps"] += 1
                 counters["bad_in_row"] += 1
                 if d.main:
-                    logger.warning(f"step {step}: non-finite loss, step skipped ({counters['bad_in_row']} in a row)")
+                    logger.warning(
+                        f"step {step}: non-finite loss, step skipped ({counters['bad_in_row']} in a row)"
+                    )
                 if counters["bad_in_row"] >= cfg.max_bad_steps:
                     raise TrainingDiverged(
                         f"{counters['bad_in_row']} non-finite losses in a row at step {step}; lower optim.lr, "
@@ -390,12 +416,21 @@ def train_ae(
                 clips_per_s = (counters["samples"] - samples_last) / max(now - t_last, 1e-9)
                 t_last, samples_last = now, counters["samples"]
                 metrics = {f"train/{k}": v for k, v in sums.items()}
-                metrics.update({"train/lr": sched.get_last_lr()[0], "train/grad_norm": float(grad_norm),
-                                "perf/clips_per_s": clips_per_s, "perf/peak_mem_gib": peak_memory_gib(d.device),
-                                "data/skipped_clips": counters["skipped_clips"], "train/bad_steps": counters["bad_steps"]})
+                metrics.update(
+                    {
+                        "train/lr": sched.get_last_lr()[0],
+                        "train/grad_norm": float(grad_norm),
+                        "perf/clips_per_s": clips_per_s,
+                        "perf/peak_mem_gib": peak_memory_gib(d.device),
+                        "data/skipped_clips": counters["skipped_clips"],
+                        "train/bad_steps": counters["bad_steps"],
+                    }
+                )
                 log.log(step, metrics)
-                logger.info(f"step {step}/{cfg.steps} loss {sums['loss']:.4f} rec {sums['rec']:.4f} "
-                            f"lr {metrics['train/lr']:.2e} {clips_per_s:.2f} clips/s")
+                logger.info(
+                    f"step {step}/{cfg.steps} loss {sums['loss']:.4f} rec {sums['rec']:.4f} "
+                    f"lr {metrics['train/lr']:.2e} {clips_per_s:.2f} clips/s"
+                )
             if val_clips and (step % cfg.val_every == 0 or step == cfg.steps):
                 full = get_model_state_dict(train_model, options=FULL)  # collective under FSDP
                 if d.main:

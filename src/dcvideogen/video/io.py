@@ -207,7 +207,9 @@ def read_clip(path: str | Path, start: int, num_frames: int, stride: int = 1) ->
     path = Path(path)
     _check_path(path)
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        frames = torch.cat(list(iter_frames(path, 64, start=start, max_frames=num_frames, stride=stride)), dim=1)
+        frames = torch.cat(
+            list(iter_frames(path, 64, start=start, max_frames=num_frames, stride=stride)), dim=1
+        )
     else:
         frames = _read_clip_seek(path, start, num_frames, stride)
     if frames.shape[1] < num_frames:
@@ -239,7 +241,9 @@ def _read_clip_seek(path: Path, start: int, num_frames: int, stride: int) -> tor
             if len(out) == num_frames:
                 break
     except av.error.FFmpegError as e:
-        raise VideoError(f"{path}: decoding failed ({_reason(e)}); the file may be truncated or corrupt") from e
+        raise VideoError(
+            f"{path}: decoding failed ({_reason(e)}); the file may be truncated or corrupt"
+        ) from e
     finally:
         container.close()
     if not out:
