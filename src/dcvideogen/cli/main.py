@@ -7,10 +7,10 @@ import logging
 import sys
 
 from ..errors import DCVGError
-from . import ae
+from . import ae, bench
 
 # Modules that add sub-commands: each has register(subparsers) setting `func` on its parser.
-COMMAND_MODULES = [ae]
+COMMAND_MODULES = [ae, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
