@@ -34,7 +34,7 @@ from .measure import (
     release_memory,
     time_call,
 )
-from .report import markdown_table, new_figure
+from .report import finish_axes, markdown_table, new_figure
 from .sizes import ClipSize
 
 logger = logging.getLogger("dcvg")
@@ -120,7 +120,9 @@ def load_bench_autoencoder(spec: str, device: torch.device, dtype: torch.dtype) 
 
 def configure(ae: VideoAutoencoder, mode: AEMode, tile: int, overlap: int) -> str | None:
     """Put the autoencoder in `mode`; return how it then runs (for the table), or None if it has no such mode."""
-    model = ae.model  # type: ignore[attr-defined]
+    model = getattr(ae, "model", None)
+    if model is None:  # an adapter that does not expose its model: only its own default way to run
+        return "the adapter's default" if mode is AEMode.ONE_SHOT else None
     if isinstance(ae, DCAEVAdapter):
         model.memory_budget = 2**62  # the bench chooses the mode: no automatic tiling behind its back
         if mode is AEMode.ONE_SHOT:
@@ -145,12 +147,16 @@ def configure(ae: VideoAutoencoder, mode: AEMode, tile: int, overlap: int) -> st
         return "causal cache, 4 frames a step" if causal_cache else "the model's own default"
     if not hasattr(model, "enable_tiling"):
         return None
-    model.enable_tiling(
-        tile_sample_min_height=tile,
-        tile_sample_min_width=tile,
-        tile_sample_stride_height=tile - overlap,
-        tile_sample_stride_width=tile - overlap,
-    )
+    try:  # the argument names of diffusers' video autoencoders (Wan, LTX, Hunyuan, Cog ...)
+        model.enable_tiling(
+            tile_sample_min_height=tile,
+            tile_sample_min_width=tile,
+            tile_sample_stride_height=tile - overlap,
+            tile_sample_stride_width=tile - overlap,
+        )
+    except TypeError:
+        model.enable_tiling()
+        return "the model's default tiles"
     return f"{tile} px tiles, overlap {overlap}" + (", causal cache" if causal_cache else "")
 
 
@@ -229,6 +235,7 @@ def _bench_one(ae: VideoAutoencoder, clip: ClipSize, mode: AEMode, s: AEBenchSet
         with torch.inference_mode():
             out["y"] = ae.decode(z)  # (B, 3, T, H, W)
 
+    oom = False
     try:
         enc, enc_peak = _measure(encode, s)
         z = out["z"].clone()
@@ -237,8 +244,10 @@ def _bench_one(ae: VideoAutoencoder, clip: ClipSize, mode: AEMode, s: AEBenchSet
     except RuntimeError as e:
         if not is_out_of_memory(e):
             raise
+        oom = True  # the error (and its traceback's tensors) is released when this block ends
+    if oom:
         out.clear()
-        release_memory(s.device)
+        release_memory(s.device, collect=True)
         return {**row, "status": "out of memory"}
     row["latent_shape"] = tuple(z.shape[1:])
     for key, t, peak in (("encode", enc, enc_peak), ("decode", dec, dec_peak)):
@@ -254,15 +263,14 @@ def run_ae_bench(s: AEBenchSettings) -> list[dict[str, Any]]:
     rows = []
     for spec in s.autoencoders:
         ae = load_bench_autoencoder(spec, s.device, s.dtype)
-        weights = parameter_bytes(ae.model)  # type: ignore[attr-defined]
-        logger.info(
-            f"{spec}: {ae.notation}, {weights / (torch.finfo(s.dtype).bits // 8) / 1e6:,.0f}M parameters"
-        )
+        model = getattr(ae, "model", None)
+        weights = parameter_bytes(model) if isinstance(model, torch.nn.Module) else None
+        logger.info(f"{spec}: {ae.notation}" + (f", {weights / GIB:.2f} GiB of weights" if weights else ""))
         for clip in s.clips:
             for mode in s.modes:
                 row = _bench_one(ae, clip, mode, s)
                 release_memory(s.device)  # the clip, latent and outputs of that measurement
-                row["weights_gib"] = weights / GIB
+                row["weights_gib"] = weights / GIB if weights is not None else None
                 rows.append(row)
                 status = (
                     row["status"]
@@ -273,7 +281,7 @@ def run_ae_bench(s: AEBenchSettings) -> list[dict[str, Any]]:
                 )
                 logger.info(f"  {spec} {clip.label} {mode.value}: {status}")
         del ae
-        release_memory(s.device)
+        release_memory(s.device, collect=True)
     return rows
 
 
@@ -337,7 +345,5 @@ def ae_figure(rows: Sequence[dict[str, Any]]) -> Any:
             ax_mem.plot(*zip(*mem), "o-", label=label)
     ax_time.set(xlabel="frames", ylabel="encode + decode seconds (median)", title="autoencoder latency")
     ax_mem.set(xlabel="frames", ylabel="peak MiB (max of encode, decode)", title="autoencoder peak memory")
-    for ax in (ax_time, ax_mem):
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+    finish_axes(ax_time, ax_mem)
     return fig

@@ -152,7 +152,6 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> PeakMemory:
-        gc.collect()
         if self.device.type == "cuda":
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -181,8 +180,11 @@ class PeakMemory:
             self.peak_bytes = self._peak - self._baseline
 
 
-def release_memory(device: torch.device) -> None:
-    gc.collect()
+def release_memory(device: torch.device, collect: bool = False) -> None:
+    """Return cached GPU memory to the driver; `collect` also runs the garbage collector (slow with a large
+    Python heap, so only after an out-of-memory error, whose traceback holds tensors, and between models)."""
+    if collect:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

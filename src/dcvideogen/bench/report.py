@@ -127,6 +127,12 @@ def plot_ratios(
                 ax_frames.plot(*zip(*pts), style, label=f"{label}, {h}x{w}")
     ax_res.set(xlabel="resolution (HxW)", ylabel="base / DC-VideoGen")
     ax_frames.set(xlabel="frames", ylabel="base / DC-VideoGen")
-    for ax in (ax_res, ax_frames):
-        ax.legend(fontsize=7)
+    finish_axes(ax_res, ax_frames)
+
+
+def finish_axes(*axes: Any) -> None:
+    """Grid, and a legend where something was drawn (an all-skipped run draws nothing)."""
+    for ax in axes:
         ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)

@@ -8,7 +8,7 @@ from typing import Any
 
 from .cost_model import WAN_VAE_LAYOUT, GridRounding, LatentLayout, compare, video_seconds
 from .paper import PAPER_STEPS, paper_latency
-from .report import markdown_table, new_figure, plot_ratios
+from .report import finish_axes, markdown_table, new_figure, plot_ratios
 from .sizes import ClipSize
 from .wan import WanConfig
 
@@ -108,6 +108,5 @@ def token_figure(rows: Sequence[dict[str, Any]]) -> Any:
             frames, [r["adapted_tflop"] for r in sel], "o--", color=color, label=f"ours {res[0]}x{res[1]}"
         )
     ax_flops.set(xlabel="frames", ylabel="TFLOP per forward", title="cost per forward", yscale="log")
-    ax_flops.legend(fontsize=7)
-    ax_flops.grid(alpha=0.3)
+    finish_axes(ax_flops)
     return fig

@@ -32,7 +32,7 @@ from .measure import (
     time_call,
 )
 from .paper import PAPER_STEPS, paper_latency
-from .report import markdown_table, new_figure, plot_ratios
+from .report import finish_axes, markdown_table, new_figure, plot_ratios
 from .sizes import ClipSize
 from .wan import WanConfig
 
@@ -77,7 +77,7 @@ class TransformerBenchSettings:
             "rounding": self.rounding.value,
             "steps": self.steps,
             "cfg": self.cfg,
-            "peak_tflops": self.peak_tflops,
+            "peak_tflops": float(f"{self.peak_tflops:.4g}") if self.peak_tflops else None,
         }
 
 
@@ -171,16 +171,18 @@ def _bench_point(
         with PeakMemory(s.device) as mem:
             timing = time_call(call, s.device, s.warmup, s.repeats, s.budget_s)
     except RuntimeError as e:
-        if is_out_of_memory(e):
-            del x, text
-            release_memory(s.device)
-            return PointResult(grid, tokens, flops, "out of memory")
         if "No available kernel" in str(e):
             raise DCVGError(
                 f"--attention {s.attention}: PyTorch has no such SDPA kernel for this device/dtype/shape; "
                 "use --attention auto"
             ) from e
-        raise
+        if not is_out_of_memory(e):
+            raise
+        timing = None  # the error (and its traceback's tensors) is released when this block ends
+    if timing is None:
+        del x, text, call, forward
+        release_memory(s.device, collect=True)
+        return PointResult(grid, tokens, flops, "out of memory")
     return PointResult(grid, tokens, flops, "ok", timing, mem.peak_bytes)
 
 
@@ -204,7 +206,7 @@ def run_layout(
         timing = f"{r.timing.median_s * 1e3:,.1f} ms median" if r.timing else r.status
         logger.info(f"  {layout.name} {clip.label}: {r.tokens:,} tokens, {timing}")
     del model
-    release_memory(s.device)
+    release_memory(s.device, collect=True)
     return results
 
 
@@ -326,6 +328,5 @@ def transformer_figure(rows: Sequence[dict[str, Any]]) -> Any:
                 line = ax_lat.plot(*zip(*pts), style, color=color, label=f"{name} {res[0]}x{res[1]}")
                 color = line[0].get_color()
     ax_lat.set(xlabel="frames", ylabel="ms per forward (median)", title="latency per forward", yscale="log")
-    ax_lat.legend(fontsize=7)
-    ax_lat.grid(alpha=0.3)
+    finish_axes(ax_lat)
     return fig
