@@ -172,6 +172,8 @@ def test_bench_tokens_cli(capsys, tmp_path):
     )
     # FLOP bound at 800 TFLOP/s: 283 TFLOP x 50 steps x 2 (CFG) / 800 / 60 s.
     assert float(first["base_bound_minutes"]) == pytest.approx(282.98 * 100 / 800 / 60, rel=1e-4)
+    # The rate the paper's 1.49 minutes imply with two forwards a step: 283 TFLOP x 100 / 89.4 s.
+    assert float(first["paper_base_tflops_per_s"]) == pytest.approx(282.98 * 100 / (1.49 * 60), rel=1e-4)
     payload = json.loads((out / "tokens.json").read_text())
     assert payload["settings"]["model"] == "wan-1.3b" and payload["machine"]["torch"]
     assert (out / "tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -143,3 +143,24 @@ def test_device_peak_table():
     assert lookup_peak("NVIDIA H200").tflops == 800.0
     assert lookup_peak("NVIDIA A100-SXM4-80GB").tflops == 312.0
     assert lookup_peak("Some Future GPU") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_transformer_on_gpu_bf16(tmp_path):
+    """The GPU path: bf16, CUDA events, peak allocation, the device table's bound."""
+    argv = [
+        "bench",
+        "transformer",
+        "--model",
+        "wan-tiny",
+        "--ae",
+        "dc-ae-v-f32t4c32-tiny",
+        "--device",
+        "cuda",
+    ]
+    argv += ["--sizes", "64x128x8", "--warmup", "1", "--repeats", "3", "--out", str(tmp_path / "tr")]
+    assert main(argv) == 0
+    payload = json.loads((tmp_path / "tr" / "transformer.json").read_text())
+    row = payload["rows"][0]
+    assert payload["settings"]["dtype"] == "bfloat16" and payload["machine"]["cuda"]
+    assert row["base_status"] == "ok" and row["base_median_ms"] > 0 and row["base_peak_mib"] > 0

@@ -51,6 +51,13 @@ def token_rows(
             "adapted_attention_share": c.adapted_flops.attention_share,
             "paper_speedup": paper.speedup if paper else None,
         }
+        if paper:  # the rate the paper's runs reached if each step made `cfg`-many forwards of these FLOPs
+            for key, flops, minutes in (
+                ("base", c.base_flops.total, paper.base_minutes),
+                ("adapted", c.adapted_flops.total, paper.ours_minutes),
+            ):
+                forwards = video_seconds(1.0, PAPER_STEPS, cfg)
+                row[f"paper_{key}_tflops_per_s"] = flops * forwards / (minutes * 60) / TERA
         if peak_tflops:
             for key, flops in (("base", c.base_flops.total), ("adapted", c.adapted_flops.total)):
                 row[f"{key}_bound_minutes"] = video_seconds(flops / (peak_tflops * TERA), steps, cfg) / 60
@@ -60,6 +67,7 @@ def token_rows(
 
 def token_table(rows: Sequence[dict[str, Any]]) -> str:
     bound = "base_bound_minutes" in rows[0] if rows else False
+    paper_rate = any("paper_base_tflops_per_s" in r for r in rows)
     headers = [
         "clip HxWxF",
         "frames base/ours",
@@ -69,6 +77,8 @@ def token_table(rows: Sequence[dict[str, Any]]) -> str:
         "tokens ours",
     ]
     headers += ["TFLOP/fwd base", "TFLOP/fwd ours", "FLOP ratio", "attn share base/ours", "paper speedup"]
+    if paper_rate:
+        headers += ["paper TFLOP/s base / ours"]
     if bound:
         headers += ["bound min base", "bound min ours"]
     table = []
@@ -86,6 +96,9 @@ def token_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['base_attention_share']:.0%}/{r['adapted_attention_share']:.0%}",
             f"{r['paper_speedup']:.1f}x" if r["paper_speedup"] else "-",
         ]
+        if paper_rate:
+            rates = (r.get("paper_base_tflops_per_s"), r.get("paper_adapted_tflops_per_s"))
+            line += [f"{rates[0]:.0f} / {rates[1]:.0f}" if rates[0] else "-"]
         if bound:
             line += [f"{r['base_bound_minutes']:.2f}", f"{r['adapted_bound_minutes']:.2f}"]
         table.append(line)

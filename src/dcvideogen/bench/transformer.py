@@ -93,15 +93,20 @@ class PointResult:
     peak_bytes: int | None = None
 
 
-def activation_bytes(cfg: WanConfig, tokens: int, text_tokens: int, itemsize: int) -> int:
+def activation_bytes(
+    cfg: WanConfig, tokens: int, text_tokens: int, itemsize: int, attention: str = "auto"
+) -> int:
     """Rough peak activation memory of one inference forward (bytes): one block's tensors live at a time.
 
     In `dtype`: the residual stream, the normalised input, q, k, v, the attention output and the block
     output (8·N·D), the feed-forward hidden before and after GELU (2·N·F); in float32: the LayerNorm
-    temporaries (2·N·D) and the RoPE tables (2·N·head_dim). SDPA's fused kernels keep no N² matrix.
+    temporaries (2·N·D) and the RoPE tables (2·N·head_dim). SDPA's fused kernels keep no N² matrix; the
+    math kernel keeps two (scores and weights, heads·N² each).
     """
     n, d = tokens, cfg.hidden_dim
     dtype_part = (8 * n * d + 2 * n * cfg.ffn_dim + 2 * text_tokens * d) * itemsize
+    if attention == "math":
+        dtype_part += 2 * cfg.num_attention_heads * n * n * itemsize
     fp32_part = (2 * n * d + 2 * n * cfg.attention_head_dim) * 4
     return int(1.2 * (dtype_part + fp32_part))
 
@@ -142,7 +147,8 @@ def _bench_point(
 ) -> PointResult:
     grid, tokens, flops = _cost(cfg, layout, clip, s)
     itemsize = torch.finfo(s.dtype).bits // 8
-    need, free = activation_bytes(cfg, tokens, s.text_tokens, itemsize), free_memory(s.device)
+    need = activation_bytes(cfg, tokens, s.text_tokens, itemsize, s.attention)
+    free = free_memory(s.device)
     if need > FIT_FRACTION * free:
         return PointResult(
             grid,

@@ -99,9 +99,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated modes: one-shot (whole clip), streaming (cached pieces), tiled (streaming + tiles)",
     )
     p.add_argument(
-        "--tile", type=int, default=256, metavar="PX", help="tile size in pixels for the tiled mode"
+        "--tile",
+        type=int,
+        default=256,
+        metavar="PX",
+        help="tile size in pixels for the tiled mode (default %(default)s)",
     )
-    p.add_argument("--tile-overlap", type=int, default=64, metavar="PX", help="tile overlap in pixels")
+    p.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="tile overlap in pixels (default %(default)s)",
+    )
     add_device_args(p)
     _add_timing_args(p, warmup=1, repeats=3)
     _add_out_arg(p, "ae")
@@ -120,7 +130,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default="dc-ae-v-f32t4c32",
         help="DC-AE-V preset of the adapted model (patch 1); the base is always the Wan 2.1 VAE with patch 2",
     )
-    p.add_argument("--text-tokens", type=int, default=512, help="text tokens L of the cross-attention")
+    p.add_argument(
+        "--text-tokens",
+        type=int,
+        default=512,
+        help="text tokens L of the cross-attention (default %(default)s)",
+    )
     p.add_argument(
         "--rounding",
         choices=[r.value for r in GridRounding],
@@ -139,7 +154,12 @@ def _add_size_args(p: argparse.ArgumentParser, sizes: str, frames: str) -> None:
 
 
 def _add_video_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=PAPER_STEPS, help="denoising steps per video")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=PAPER_STEPS,
+        help="denoising steps per video (default %(default)s, as Table 7)",
+    )
     p.add_argument("--cfg", action="store_true", help="classifier-free guidance: two forwards per step")
 
 
@@ -151,15 +171,24 @@ def _add_timing_args(p: argparse.ArgumentParser, warmup: int, repeats: int) -> N
         help="CPU threads for torch (default: torch's choice); 1 gives steadier CPU timings on a busy machine",
     )
     p.add_argument(
-        "--warmup", type=int, default=warmup, help="untimed calls before timing (compilation, caches)"
+        "--warmup",
+        type=int,
+        default=warmup,
+        help="untimed calls before timing: compilation, caches (default %(default)s)",
     )
-    p.add_argument("--repeats", type=int, default=repeats, help="timed calls; the median is reported")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=repeats,
+        help="timed calls; the median is reported (default %(default)s)",
+    )
     p.add_argument(
         "--budget",
         type=float,
         default=120.0,
         metavar="S",
-        help="seconds per measurement: slower calls cut warm-up and repeats (at least one timed call)",
+        help="seconds per measurement (default %(default)s): slower calls cut warm-up and repeats, "
+        "at least one timed call",
     )
 
 
@@ -243,6 +272,10 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     notes = ["FLOPs per forward, batch 1, FACTS §5 formula (embedders and head excluded)"]
     if any(r["paper_speedup"] for r in rows):
         notes.append(f"paper speedup: measured latency ratio, Table 7 ({PAPER_DEVICE}, {PAPER_STEPS} steps)")
+        per_step = "2 forwards (--cfg)" if args.cfg else "1 forward (no --cfg)"
+        notes.append(
+            f"paper TFLOP/s: FLOPs per forward x {per_step} x {PAPER_STEPS} steps / the paper's time"
+        )
     table = token_table(rows)
     return _finish(
         "tokens", "dcvg bench tokens", table, args, machine, settings, rows, token_figure(rows), notes
