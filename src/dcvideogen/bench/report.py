@@ -85,6 +85,17 @@ def write_png(path: Path, figure: Any) -> None:
     plt.close(figure)
 
 
+def require_matplotlib() -> None:
+    """Fail before a long run, not after it, when the plots cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DCVGError(
+            "dcvg bench draws its PNG plots with matplotlib, which is not installed; "
+            "pip install matplotlib (or the eval extra: pip install 'dcvideogen[eval]')"
+        ) from None
+
+
 def new_figure(panels: int) -> tuple[Any, list[Any]]:
     """A figure with `panels` side-by-side axes, drawn off-screen (no display needed)."""
     import matplotlib

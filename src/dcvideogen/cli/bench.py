@@ -14,7 +14,7 @@ from ..bench.autoencoder import AEBenchSettings, AEMode, ae_figure, ae_registry,
 from ..bench.cost_model import WAN_VAE_LAYOUT, GridRounding, dcaev_layout
 from ..bench.measure import device_name, lookup_peak, machine_info, measure_matmul_tflops
 from ..bench.paper import PAPER_DEVICE, PAPER_STEPS
-from ..bench.report import describe_run, write_outputs
+from ..bench.report import describe_run, require_matplotlib, write_outputs
 from ..bench.sizes import PAPER_SIZES, parse_clip_sizes
 from ..bench.tokens import token_figure, token_rows, token_table
 from ..bench.transformer import (
@@ -247,6 +247,7 @@ def _finish(kind: str, title: str, table: str, args, machine, settings, rows, fi
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
+    require_matplotlib()
     model = load_wan_config(args.model)
     clips = parse_clip_sizes(args.sizes, args.frames)
     _check_positive(args.text_tokens, "--text-tokens")
@@ -309,6 +310,7 @@ def _check_timing_args(args: argparse.Namespace) -> None:
 
 
 def cmd_transformer(args: argparse.Namespace) -> int:
+    require_matplotlib()
     model = load_wan_config(args.model)
     clips = parse_clip_sizes(args.sizes, args.frames)
     _check_positive(args.text_tokens, "--text-tokens")
@@ -352,6 +354,7 @@ def cmd_transformer(args: argparse.Namespace) -> int:
 
 
 def cmd_ae(args: argparse.Namespace) -> int:
+    require_matplotlib()
     names = tuple(args.ae or ("dc-ae-v-f32t4c32", "wan-2.1"))
     clips = parse_clip_sizes(args.sizes, args.frames)
     try:
