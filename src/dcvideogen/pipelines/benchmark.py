@@ -12,11 +12,11 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 
+from ..bench.measure import default_dtype
 from ..errors import DCVGError
 from ..models.dcae_v import AutoencoderDCV
 from .conditioning import resolve_geometry
@@ -53,16 +53,6 @@ class PipelineBenchConfig:
     compile: bool = False
 
 
-@contextmanager
-def _default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def _tokenizer(vocab_size: int):
     from transformers import T5Tokenizer
 
@@ -89,7 +79,7 @@ def build_random_pipeline(cfg: PipelineBenchConfig) -> DCVideoGenPipeline:
     dtype = getattr(torch, cfg.dtype)
     build_on = "cpu" if cfg.offload != "none" else cfg.device
     text = TEXT_ENCODERS[cfg.text_encoder]
-    with torch.device(build_on), _default_dtype(dtype):
+    with torch.device(build_on), default_dtype(dtype):
         transformer = WanTransformer3DModel(
             patch_size=(1, 1, 1),
             in_channels=32,
