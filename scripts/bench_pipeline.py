@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dcvideogen.pipelines.benchmark import (
+from dcvideogen.bench.pipeline import (
     MARKDOWN_HEADER,
     PipelineBenchConfig,
     bench_pipeline,

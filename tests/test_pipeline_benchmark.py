@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dcvideogen.bench.pipeline import TRANSFORMERS, PipelineBenchConfig, build_random_pipeline
 from dcvideogen.errors import DCVGError
-from dcvideogen.pipelines.benchmark import TRANSFORMERS, PipelineBenchConfig, build_random_pipeline
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_pipeline.py"
 

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..bench.measure import default_dtype
 from ..errors import DCVGError
 from ..models.dcae_v import AutoencoderDCV
-from .conditioning import resolve_geometry
-from .t2v import DCVideoGenPipeline
+from ..pipelines.conditioning import resolve_geometry
+from ..pipelines.t2v import DCVideoGenPipeline
+from .measure import default_dtype
 
 # FACTS section 3 (diffusers' Wan configs), with DC-AE-V f32t4c32's latent: in = out = 32, patch (1, 1, 1).
 TRANSFORMERS = {
