@@ -308,6 +308,10 @@ def train_ae(
         if d.world > 1:
             dist.barrier()
 
+    def full_weights() -> dict[str, torch.Tensor]:
+        """Unsharded weights to validate and export: the EMA when on. Call on every rank."""
+        return ema.state_dict() if ema is not None else get_model_state_dict(train_model, options=FULL)
+
     stop = {"signal": None}
 
     def on_signal(signum, frame):  # first signal: finish the step, checkpoint, exit; second: abort now
@@ -431,10 +435,10 @@ def train_ae(
                     f"step {step}/{cfg.steps} loss {sums['loss']:.4f} rec {sums['rec']:.4f} "
                     f"lr {metrics['train/lr']:.2e} {clips_per_s:.2f} clips/s"
                 )
-            if val_clips and (step % cfg.val_every == 0 or step == cfg.steps):
-                full = get_model_state_dict(train_model, options=FULL)  # collective under FSDP
+            if cfg.data.val_clips and (step % cfg.val_every == 0 or step == cfg.steps):
+                weights = full_weights()  # every rank joins: gathering shards is collective under FSDP
                 if d.main:
-                    eval_model.load_state_dict(ema.state_dict() if ema is not None else full)
+                    eval_model.load_state_dict(weights)
                     log.log(step, validate(eval_model, val_clips, run_dir / "val", step))
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
@@ -448,10 +452,10 @@ def train_ae(
 
     # ---- export ---------------------------------------------------------------------------------------------
     out = run_dir / "model"
-    full = get_model_state_dict(train_model, options=FULL)
+    weights = full_weights()
     if d.main:
         final = AutoencoderDCV.from_arch(arch)
-        final.load_state_dict(ema.state_dict() if ema is not None else full)
+        final.load_state_dict(weights)
         with atomic_dir(out, overwrite=True) as tmp:
             final.save_pretrained(tmp)
         logger.info(f"model written to {out}" + (" (EMA weights)" if ema is not None else ""))
