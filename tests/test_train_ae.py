@@ -285,3 +285,11 @@ def test_config_yaml_overrides_and_errors(tmp_path):
             load_config(path, bad)
     with pytest.raises(DCVGError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "ae").glob("*.yaml")))
+def test_shipped_configs_load_and_name_real_presets(path):
+    from dcvideogen.models.dcae_v import get_preset
+
+    cfg = load_config(path)
+    assert get_preset(cfg.model.preset, **cfg.model.arch).num_stages >= 7
