@@ -15,6 +15,7 @@ from dcvideogen.video import read_video, write_video
 from dcvideogen.video.transforms import resize_center_crop
 from test_adapters import tiny_wan
 from test_eval_fvd import make_tiny_i3d
+
 from test_eval_lpips import save_backbone
 
 SMALL = ["--frames", "8", "--size", "32", "--device", "cpu"]

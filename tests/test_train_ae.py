@@ -287,9 +287,30 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "ae").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs" / "ae").glob("*.yaml"))
+)
 def test_shipped_configs_load_and_name_real_presets(path):
     from dcvideogen.models.dcae_v import get_preset
 
     cfg = load_config(path)
     assert get_preset(cfg.model.preset, **cfg.model.arch).num_stages >= 7
+
+
+def test_lpips_loss_trains_with_a_local_backbone(one_clip, tmp_path):
+    from test_eval_lpips import save_backbone
+
+    backbone = save_backbone(tmp_path / "alexnet.pth", "alex", seed=1)
+    cfg = cfg_for(
+        "steps=2",
+        "log_every=1",
+        "checkpoint_every=100",
+        "loss.lpips_weight=1.0",
+        "loss.lpips_net=alex",
+        f"loss.lpips_backbone={backbone}",
+    )
+    train_ae(cfg, one_clip, tmp_path / "run")
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["train/lpips"] > 0 for r in logs)
+    assert logs[0]["train/loss"] > logs[0]["train/rec"]  # the perceptual term is in the loss
+    assert logs[0]["data/unreadable_files"] == 0 and logs[0]["data/skipped_clips"] == 0

@@ -415,7 +415,12 @@ def train_ae(
             counters["samples"] += cfg.batch_size * cfg.grad_accum * d.world
 
             # -- logs, validation, checkpoints --
-            if d.main and (step % cfg.log_every == 0 or step == cfg.steps):
+            log_now = step % cfg.log_every == 0 or step == cfg.steps
+            if log_now:  # clips skipped at run time, summed over ranks (a collective: every rank joins)
+                skipped = int(
+                    all_mean(torch.tensor(float(counters["skipped_clips"]), device=d.device), d) * d.world
+                )
+            if d.main and log_now:
                 now = time.time()
                 clips_per_s = (counters["samples"] - samples_last) / max(now - t_last, 1e-9)
                 t_last, samples_last = now, counters["samples"]
@@ -426,7 +431,9 @@ def train_ae(
                         "train/grad_norm": float(grad_norm),
                         "perf/clips_per_s": clips_per_s,
                         "perf/peak_mem_gib": peak_memory_gib(d.device),
-                        "data/skipped_clips": counters["skipped_clips"],
+                        "data/skipped_clips": skipped,
+                        "data/unreadable_files": report.unreadable,
+                        "data/too_short_files": report.too_short,
                         "train/bad_steps": counters["bad_steps"],
                     }
                 )
