@@ -284,3 +284,19 @@ def test_auto_tiling_switches_on_above_the_memory_budget():
         model.memory_budget = model.activation_bytes(8, 64, 64)
         out = model(x).sample
         assert model.last_run_tiled and out.shape == x.shape
+
+
+def test_latent_scale_estimate_gives_unit_variance():
+    from dcvideogen.models.dcae_v.latents import (
+        estimate_scaling_factor,
+        from_diffusion_space,
+        to_diffusion_space,
+    )
+
+    model = AutoencoderDCV.from_preset("dc-ae-v-f32t4c32-tiny").eval()
+    clips = [random_video(t=8, seed=s) for s in range(3)]
+    scale = estimate_scaling_factor(model, clips)
+    with torch.no_grad():
+        z = torch.cat([model.encode(c).latent.flatten() for c in clips])
+    assert abs(to_diffusion_space(z, scale).std(unbiased=False).item() - 1) < 1e-4
+    torch.testing.assert_close(from_diffusion_space(to_diffusion_space(z, scale), scale), z)
