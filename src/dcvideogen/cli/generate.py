@@ -192,7 +192,19 @@ def _make_scheduler(pipe, name: str, flow_shift: float | None):
     )
 
 
+def _require_pipeline_extra() -> None:
+    """The pipelines need transformers (text and image encoders); say how to get it instead of a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("transformers", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DCVGError(
+            f"video generation needs {' and '.join(missing)}; install the extra: pip install 'dcvideogen[pipelines]'"
+        )
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    _require_pipeline_extra()
     from ..pipelines.conditioning import resolve_geometry
     from ..pipelines.loading import Layout, inspect_model_folder, load_pipeline
 
@@ -348,6 +360,7 @@ def _versions() -> dict[str, str]:
 
 
 def cmd_convert_pipeline(args: argparse.Namespace) -> int:
+    _require_pipeline_extra()
     from ..pipelines.loading import convert_released
 
     folder = convert_released(args.source, args.outdir, args.task, args.ae_chunk_size, args.link)
