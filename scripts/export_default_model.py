@@ -2,9 +2,10 @@
 
     python scripts/export_default_model.py runs/default --data data/samples/train
 
-Loads RUN/model (the EMA weights `dcvg train-ae` exports), sets config.scaling_factor to 1 / std of
-its latents on 64 training clips drawn as in training, and writes it in bfloat16 to
-src/dcvideogen/assets/dc-ae-v-f32t4c32-small (config.json + safetensors).
+Loads RUN/model (the EMA weights `dcvg train-ae` exports) or, with --checkpoint, the raw or EMA weights
+of one training checkpoint; sets config.scaling_factor to 1 / std of its latents on 64 training clips
+drawn as in training, and writes it in bfloat16 to src/dcvideogen/assets/dc-ae-v-f32t4c32-small
+(config.json + safetensors).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 from dcvideogen.models.dcae_v import AutoencoderDCV
 from dcvideogen.models.dcae_v.latents import estimate_scaling_factor
 from dcvideogen.models.dcae_v.loading import default_model_dir
+from dcvideogen.training.checkpoint import load_checkpoint
 from dcvideogen.training.config import load_config
 from dcvideogen.training.data import ClipDataset, scan_media
+from dcvideogen.training.trainer_ae import build_model
 from dcvideogen.utils.atomic import atomic_dir
 
 
@@ -27,17 +30,26 @@ def main() -> None:
     parser.add_argument("run", help="training run folder (holds config.yaml and model/)")
     parser.add_argument("--data", required=True, help="the training data folder")
     parser.add_argument("--clips", type=int, default=64, help="clips to estimate the latent scale on")
+    parser.add_argument("--checkpoint", help="a checkpoint of the run to export instead of RUN/model")
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="with --checkpoint: which weights")
     parser.add_argument("--out", default=str(default_model_dir()), help="output folder")
     args = parser.parse_args()
     run = Path(args.run)
     cfg = load_config(run / "config.yaml")
-    model = AutoencoderDCV.from_pretrained(run / "model").float().eval()
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        model = build_model(cfg)
+        model.load_state_dict(state["model" if args.weights == "raw" else "ema"])
+    else:
+        model = AutoencoderDCV.from_pretrained(run / "model")
+    model = model.float().eval()
     files, _ = scan_media(args.data, cfg.data)
     dataset = ClipDataset(files, cfg.data, seed=12345)  # a seed the run did not train with
     scale = estimate_scaling_factor(model, (dataset[i]["video"][None] for i in range(args.clips)))
-    model.register_to_config(scaling_factor=round(scale, 4))
+    model.register_to_config(scaling_factor=float(f"{scale:.4g}"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(args.out, overwrite=True) as tmp:
-        model.to(torch.bfloat16).save_pretrained(tmp)
+        torch.nn.Module.to(model, torch.bfloat16).save_pretrained(tmp)  # skips a spurious diffusers warning
     size = sum(p.stat().st_size for p in Path(args.out).iterdir()) / 2**20
     print(f"scaling factor {scale:.4f}; wrote {args.out} ({size:.1f} MiB, bfloat16)")
 

@@ -28,6 +28,9 @@ def test_reconstruct_real_clip(capsys, clips, tiny_model_dir, tmp_path):
     assert "PSNR" in stdout and "SSIM" in stdout and "compression 384x" in stdout
     info = probe_video(out)
     assert (info.num_frames, info.height, info.width) == (20, 144, 176)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of the temporary file
     code, _, _ = run(
         capsys,
         "reconstruct",

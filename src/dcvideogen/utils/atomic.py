@@ -21,6 +21,24 @@ def check_writable_parent(path: Path) -> None:
         raise DCVGError(f"{path}: the folder {parent} is not writable; choose another output path")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def set_default_mode(path: Path) -> None:
+    """Give a finished temporary file or folder (created 0600 / 0700 by tempfile) the permissions a plain
+    `open` / `mkdir` would have given it, recursively for folders."""
+    mask = _umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for child in path.rglob("*"):
+            os.chmod(child, (0o777 if child.is_dir() else 0o666) & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed to `path`."""
@@ -38,6 +56,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        set_default_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -59,6 +78,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise DCVGError(f"{path}: cannot write there ({e.strerror}); choose another output folder") from e
     try:
         yield tmp
+        set_default_mode(tmp)
         if path.is_dir():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / "x")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import DCVGError
+from ..utils.atomic import set_default_mode
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -380,6 +381,7 @@ class VideoWriter:
                 self._mux(quantized)
         self._mux(None)
         self.container.close()
+        set_default_mode(self.tmp)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:

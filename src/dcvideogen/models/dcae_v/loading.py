@@ -40,7 +40,9 @@ def load_autoencoder(
     """
     model = _load(spec, preset, chunk_size, allow_random)
     if dtype is not None or device is not None:
-        model = model.to(device=device, dtype=dtype)
+        # nn.Module.to: diffusers' ModelMixin.to warns about float32 modules on every dtype cast, even when
+        # the model has none (diffusers 0.42)
+        torch.nn.Module.to(model, device=device, dtype=dtype)
     return model.eval()
 
 
