@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the training data folder")
     parser.add_argument("--clips", type=int, default=64, help="clips to estimate the latent scale on")
     parser.add_argument("--checkpoint", help="a checkpoint of the run to export instead of RUN/model")
-    parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="with --checkpoint: which weights")
+    parser.add_argument(
+        "--weights", choices=("ema", "raw"), default="ema", help="with --checkpoint: which weights"
+    )
     parser.add_argument("--out", default=str(default_model_dir()), help="output folder")
     args = parser.parse_args()
     run = Path(args.run)
