@@ -224,8 +224,8 @@ def build_random(
     """Build a randomly initialised module directly on `device` in `dtype`, in inference mode.
 
     Parameters are created on the device in the target dtype (no float32 copy in host memory, no
-    transfer), and the default initialisers run there: a 14B transformer appears in about a second on
-    a GPU. Buffers computed in `__init__` with an explicit dtype (RoPE tables) keep their precision
+    transfer), and the default initialisers run there, so a 14B transformer does not pass through host
+    memory. Buffers computed in `__init__` with an explicit dtype (RoPE tables) keep their precision
     until the final `.to(dtype)`, exactly as a pipeline loading weights in `dtype` would have them.
     """
     with torch.device(device), default_dtype(dtype):
