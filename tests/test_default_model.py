@@ -11,10 +11,10 @@ from dcvideogen.metrics import psnr
 from dcvideogen.models.dcae_v.loading import default_model_dir, load_autoencoder
 from dcvideogen.video import probe_video, read_video
 
-# Measured on the bundled model (docs/models.md): 16 frames of carphone reconstruct at 17.4 dB PSNR.
-# The floor sits 1 dB below that and 1 dB above a 32x-downsampled, 4x-frame-averaged copy of the
-# clip (15.3 dB), so an untrained, broken or wrongly scaled model fails it.
-QUALITY_FLOOR_DB = 16.4
+# Measured on the bundled model (docs/models.md): the first 16 frames of carphone reconstruct at
+# 17.92 dB PSNR. The floor sits 1 dB below that and 0.8 dB above a copy of the clip averaged over
+# 32x32x4 blocks and upsampled back (16.13 dB), so an untrained, broken or wrongly scaled model fails.
+QUALITY_FLOOR_DB = 16.9
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,10 @@ def test_tiled_reconstruction_stays_close_to_untiled(heldout):
     model = load_autoencoder(None, dtype=torch.float32)
     with torch.no_grad():
         whole = model(heldout).sample.clamp(-1, 1)
-        model.enable_tiling(tile_size=96, tile_overlap=32)  # 3x3 latent tiles: the hardest case
+        model.enable_tiling(tile_size=128, tile_overlap=64)  # 2x2 tiles of 4x4 latents on 144x176
         tiled = model(heldout).sample.clamp(-1, 1)
     assert psnr(whole, heldout) >= QUALITY_FLOOR_DB
-    # blending at the seams costs a little; a misplaced or unblended tile costs several dB
-    assert psnr(tiled, heldout) >= psnr(whole, heldout) - 0.6
-    assert psnr(tiled, whole) >= 20.0
+    # measured: 18.23 dB tiled against 17.92 dB whole, 30.1 dB between the two; a misplaced, unblended
+    # or wrongly cropped tile costs far more
+    assert psnr(tiled, heldout) >= psnr(whole, heldout) - 0.5
+    assert psnr(tiled, whole) >= 27.0
