@@ -115,6 +115,21 @@ class VideoAutoencoder(ABC):
         return y[:, :, :t, :h, :w].to(x.device, x.dtype)
 
 
+class FirstFrameCausalAdapter(VideoAutoencoder):
+    """A video VAE that takes 1 + k * `frame_step` frames (its first frame is encoded on its own)."""
+
+    @property
+    def frame_step(self) -> int:
+        return self.temporal_factor
+
+    @property
+    def frame_rule(self) -> str:
+        return f"1 + {self.frame_step}k"
+
+    def valid_num_frames(self, num_frames: int) -> int:
+        return one_plus_multiple(num_frames, self.frame_step)
+
+
 class DCAEVAdapter(VideoAutoencoder):
     """Our DC-AE-V (any preset, official or our checkpoints). Latents are scaled by config.scaling_factor."""
 
@@ -150,7 +165,7 @@ def _channel_view(values, channels: int, what: str) -> torch.Tensor:
     return t.view(1, channels, 1, 1, 1)
 
 
-class WanAdapter(VideoAutoencoder):
+class WanAdapter(FirstFrameCausalAdapter):
     """diffusers `AutoencoderKLWan` (Wan 2.1 f8t4c16, Wan 2.2 f16t4c48): 1 + 4k frames, latents
     normalised with the config's per-channel latents_mean / latents_std, posterior mode."""
 
@@ -167,13 +182,6 @@ class WanAdapter(VideoAutoencoder):
         self._mean = _channel_view(cfg.latents_mean, self.latent_channels, "latents_mean")
         self._std = _channel_view(cfg.latents_std, self.latent_channels, "latents_std")
 
-    @property
-    def frame_rule(self) -> str:
-        return f"1 + {self.temporal_factor}k"
-
-    def valid_num_frames(self, num_frames: int) -> int:
-        return one_plus_multiple(num_frames, self.temporal_factor)
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         z = self.model.encode(x).latent_dist.mode()
         return (z - self._mean.to(z)) / self._std.to(z)
@@ -183,7 +191,7 @@ class WanAdapter(VideoAutoencoder):
         return self.model.decode(z).sample
 
 
-class LTXVideoAdapter(VideoAutoencoder):
+class LTXVideoAdapter(FirstFrameCausalAdapter):
     """diffusers `AutoencoderKLLTXVideo` (LTX-Video f32t8c128): 1 + 8k frames; latents normalised as
     `LTXPipeline._normalize_latents`: (z - latents_mean) * scaling_factor / latents_std, with the model's
     latents_mean / latents_std buffers. A decoder with timestep conditioning (LTX 0.9.1+) is run at
@@ -197,13 +205,6 @@ class LTXVideoAdapter(VideoAutoencoder):
         self.temporal_factor = int(model.temporal_compression_ratio)
         self.latent_channels = int(model.config.latent_channels)
         self._scale = float(model.config.scaling_factor)
-
-    @property
-    def frame_rule(self) -> str:
-        return f"1 + {self.temporal_factor}k"
-
-    def valid_num_frames(self, num_frames: int) -> int:
-        return one_plus_multiple(num_frames, self.temporal_factor)
 
     def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.latent_channels
@@ -226,7 +227,7 @@ class LTXVideoAdapter(VideoAutoencoder):
         return self.model.decode(z, temb).sample
 
 
-class HunyuanVideoAdapter(VideoAutoencoder):
+class HunyuanVideoAdapter(FirstFrameCausalAdapter):
     """diffusers `AutoencoderKLHunyuanVideo` (f8t4c16): 1 + 4k frames, latents z * scaling_factor
     (0.476986 in the release), posterior mode."""
 
@@ -237,13 +238,6 @@ class HunyuanVideoAdapter(VideoAutoencoder):
         self.temporal_factor = int(model.config.temporal_compression_ratio)
         self.latent_channels = int(model.config.latent_channels)
 
-    @property
-    def frame_rule(self) -> str:
-        return f"1 + {self.temporal_factor}k"
-
-    def valid_num_frames(self, num_frames: int) -> int:
-        return one_plus_multiple(num_frames, self.temporal_factor)
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode(x).latent_dist.mode() * self.model.config.scaling_factor
 
@@ -251,7 +245,7 @@ class HunyuanVideoAdapter(VideoAutoencoder):
         return self.model.decode(z / self.model.config.scaling_factor).sample
 
 
-class CogVideoXAdapter(VideoAutoencoder):
+class CogVideoXAdapter(FirstFrameCausalAdapter):
     """diffusers `AutoencoderKLCogVideoX` (f8t4c16): frames 1 + 8k (49, 81 in the releases). The model
     encodes 8 frames and decodes 2 latent frames at a time; other counts (e.g. 1 + 4k with k odd) come
     back with the wrong length. Latents (z - shift_factor) * scaling_factor as in the pipelines."""
@@ -263,7 +257,7 @@ class CogVideoXAdapter(VideoAutoencoder):
         self.spatial_factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.temporal_factor = int(cfg.temporal_compression_ratio)
         self.latent_channels = int(cfg.latent_channels)
-        self.frame_step = math.lcm(
+        self._frame_step = math.lcm(
             int(model.num_sample_frames_batch_size),
             int(model.num_latent_frames_batch_size) * self.temporal_factor,
         )
@@ -271,11 +265,8 @@ class CogVideoXAdapter(VideoAutoencoder):
         self._shift = float(cfg.shift_factor or 0.0)
 
     @property
-    def frame_rule(self) -> str:
-        return f"1 + {self.frame_step}k"
-
-    def valid_num_frames(self, num_frames: int) -> int:
-        return one_plus_multiple(num_frames, self.frame_step)
+    def frame_step(self) -> int:
+        return self._frame_step
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return (self.model.encode(x).latent_dist.mode() - self._shift) * self._scale

@@ -62,7 +62,8 @@ def checkpoint_path(folder: Path, step: int) -> Path:
 
 
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
-    """Write `state` as checkpoints/step-XXXXXXXX.safetensors atomically; keep the newest `keep` files."""
+    """Write `state` atomically to `checkpoint_path(folder, step)` (step-00001000.safetensors for step 1000);
+    keep the newest `keep` files."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors, skeleton = flatten_state(state)
     path = checkpoint_path(folder, step)
