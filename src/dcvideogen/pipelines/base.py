@@ -248,6 +248,11 @@ class DCVideoGenMixin:
                 yield piece.float().clamp(-1, 1).cpu()  # (B, 3, t, H, W)
 
     # ---- the denoising loop -----------------------------------------------------------------------------------
+    def _predict_noise(self, name: str, context: dict, text: torch.Tensor, call: dict) -> torch.Tensor:
+        """One transformer forward under its cache context ("cond" / "uncond"), as diffusers' Wan pipelines."""
+        with self.transformer.cache_context(name, **context):
+            return self.transformer(encoder_hidden_states=text, return_dict=False, **call)[0]
+
     def denoise(
         self,
         latents: torch.Tensor,
@@ -282,25 +287,15 @@ class DCVideoGenMixin:
                 x = model_input(latents).to(dtype)  # (B, C_in, T', h, w)
                 timestep = model_timestep(t, latents.shape[0])
                 context = {"step_index": i, "num_inference_steps": len(timesteps)}
-                with self.transformer.cache_context("cond", **context):
-                    noise_pred = self.transformer(
-                        hidden_states=x,
-                        timestep=timestep,
-                        encoder_hidden_states=prompt_embeds,
-                        attention_kwargs=attention_kwargs,
-                        return_dict=False,
-                        **extra,
-                    )[0]
+                call = {
+                    "hidden_states": x,
+                    "timestep": timestep,
+                    "attention_kwargs": attention_kwargs,
+                    **extra,
+                }
+                noise_pred = self._predict_noise("cond", context, prompt_embeds, call)
                 if self.do_classifier_free_guidance:
-                    with self.transformer.cache_context("uncond", **context):
-                        noise_uncond = self.transformer(
-                            hidden_states=x,
-                            timestep=timestep,
-                            encoder_hidden_states=negative_prompt_embeds,
-                            attention_kwargs=attention_kwargs,
-                            return_dict=False,
-                            **extra,
-                        )[0]
+                    noise_uncond = self._predict_noise("uncond", context, negative_prompt_embeds, call)
                     noise_pred = noise_uncond + self.guidance_scale * (noise_pred - noise_uncond)
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
 
