@@ -59,7 +59,8 @@ def test_convert_then_generate_t2v(capsys, caplog, released, tmp_path):
     assert {"load", "encode_prompt", "denoise", "seconds_per_step", "decode_and_write", "total"} <= set(
         timings
     )
-    assert timings["seconds_per_step"] * 2 == pytest.approx(timings["denoise"], rel=1e-3)
+    # both written rounded to 4 decimals: up to 1.5e-4 apart on a fast machine
+    assert timings["seconds_per_step"] * 2 == pytest.approx(timings["denoise"], rel=1e-3, abs=1.5e-4)
     assert "seed         3" in out and str(video.with_suffix(".json")) in out
 
 
