@@ -210,26 +210,36 @@ def apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """TrainConfig from a YAML file (or the defaults) plus overrides; validated."""
+def load_typed_config(cls, path: str | Path | None, overrides: list[str] = (), examples: str = "configs/"):
+    """A config dataclass `cls` from a YAML file (or the defaults) plus `a.b=value` overrides; validated
+    with its `validate()`."""
     data: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise DCVGError(f"{path}: no such config file (see configs/ae/ for examples)")
+            raise DCVGError(f"{path}: no such config file (see {examples} for examples)")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise DCVGError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
         if not isinstance(data, dict):
             raise DCVGError(f"{path}: the top level must be a mapping of config sections")
-    merged = to_dict(from_dict(TrainConfig, data, str(path or "config")))
+    merged = to_dict(from_dict(cls, data, str(path or "config")))
     for item in overrides:
         apply_override(merged, item)
-    cfg = from_dict(TrainConfig, merged, "config")
+    cfg = from_dict(cls, merged, "config")
     cfg.validate()
     return cfg
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """TrainConfig from a YAML file (or the defaults) plus overrides; validated."""
+    return load_typed_config(TrainConfig, path, overrides, "configs/ae/")
+
+
+def save_config(cfg, path: Path) -> None:
+    """The resolved config as YAML, written atomically."""
+    from ..utils.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
