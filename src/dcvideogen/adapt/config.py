@@ -59,6 +59,7 @@ class DataConfig:
     pairing: str = "exact"
     frame_stride: int = 1  # take every k-th frame of the source clip
     shard_size: int = 32  # clips per cache shard
+    cache_dtype: str = "bf16"  # bf16 | fp32: the dtype of the cached latents and text embeddings
     text_tokens: int = 512  # UMT5 tokens, as Wan was trained
     holdout: int = 2  # the last N cached clips are held out: validation loss and the stage-1a held-out MSE
     caption_dropout: float = 0.1  # captions replaced by the unconditional embedding (stages 1b and 2)

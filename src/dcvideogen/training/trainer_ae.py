@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
-import random
-import resource
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -36,11 +27,25 @@ from ..models.dcae_v import AutoencoderDCV, get_preset
 from ..models.dcae_v.loading import load_autoencoder
 from ..utils.atomic import atomic_dir
 from ..video import VideoWriter, read_video
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import load_checkpoint, resolve_resume
 from .config import TrainConfig, save_config, to_dict
 from .data import make_loader, scan_media
 from .discriminator import VideoDiscriminator
 from .ema import EMA
+from .engine import (
+    FULL,
+    NonFiniteGuard,
+    TrainingDiverged,
+    all_mean,
+    autocast,
+    lr_factor,
+    peak_memory_gib,
+    restore_rng,
+    save_run_state,
+    setup_distributed,
+    stop_signals,
+    wrap,
+)
 from .losses import (
     adaptive_weight,
     discriminator_loss,
@@ -52,87 +57,10 @@ from .runlog import RunLog
 
 logger = logging.getLogger("dcvg.train")
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-class TrainingDiverged(DCVGError):
-    """Too many non-finite losses in a row."""
+__all__ = ["TrainingDiverged", "load_val_clips", "train_ae", "validate"]
 
 
 # ---- small helpers --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Dist:
-    """Process group from torchrun / accelerate environment variables (gloo on CPU, nccl on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local, device)
-
-
-def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= d.world
-    return x
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then constant, cosine or linear decay to min_lr_ratio at the last step."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.decay == "constant":
-        return 1.0
-    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
-    shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.decay == "cosine" else 1 - progress
-    return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
-
-
-def rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_pos": random.getstate()[2],
-    }
-    state["numpy"] = torch.from_numpy(np.random.get_state()[1].astype(np.int64))
-    state["numpy_pos"] = int(np.random.get_state()[2])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def build_model(cfg: TrainConfig) -> AutoencoderDCV:
@@ -148,24 +76,8 @@ def build_model(cfg: TrainConfig) -> AutoencoderDCV:
     return AutoencoderDCV.from_arch(arch)
 
 
-def wrap(module: torch.nn.Module, cfg: TrainConfig, d: Dist, shard_blocks: bool = True) -> torch.nn.Module:
-    """DDP for small models; FSDP2 (`fully_shard`) per residual block and at the top for large ones."""
-    if d.world == 1:
-        return module
-    if cfg.parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        if shard_blocks:
-            for m in module.modules():
-                if type(m).__name__ == "ResBlock3d":
-                    fully_shard(m)
-        return fully_shard(module)
-    ids = [d.device.index] if d.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+def is_res_block(m: torch.nn.Module) -> bool:
+    return type(m).__name__ == "ResBlock3d"
 
 
 # ---- validation -----------------------------------------------------------------------------------------
@@ -252,16 +164,19 @@ def train_ae(
         else None
     )
 
-    train_model = wrap(model, cfg, d)
+    train_model = wrap(model, cfg.parallel, d, is_res_block)
     ema = (
         EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     )  # after wrapping: same sharding
     opt = torch.optim.AdamW(
         train_model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    o = cfg.optim
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, o.warmup_steps, cfg.steps, o.decay, o.min_lr_ratio)
+    )
     if use_gan:
-        train_disc = wrap(disc, cfg, d, shard_blocks=False)
+        train_disc = wrap(disc, cfg.parallel, d)
         opt_d = torch.optim.AdamW(train_disc.parameters(), lr=cfg.loss.disc_lr, betas=cfg.optim.betas)
     counters = {"bad_steps": 0, "bad_in_row": 0, "skipped_clips": 0, "samples": 0}
 
@@ -280,13 +195,12 @@ def train_ae(
             set_model_state_dict(train_disc, state["disc"], options=FULL)
             set_optimizer_state_dict(train_disc, opt_d, state["opt_d"], options=FULL)
         counters.update({k: int(v) for k, v in state["counters"].items()})
-        set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
+        restore_rng(state["rng"], d)
         if d.main:
             logger.info(f"resumed from {ckpt_path} at step {step}")
 
     def checkpoint() -> None:
         state = {
-            "step": step,
             "model": get_model_state_dict(train_model, options=FULL),
             "opt": get_optimizer_state_dict(train_model, opt, options=FULL),
             "sched": sched.state_dict(),
@@ -297,41 +211,27 @@ def train_ae(
         if use_gan:
             state["disc"] = get_model_state_dict(train_disc, options=FULL)
             state["opt_d"] = get_optimizer_state_dict(train_disc, opt_d, options=FULL)
-        rngs = [rng_state()]
-        if d.world > 1:
-            rngs = [None] * d.world
-            dist.all_gather_object(rngs, rng_state())
-        state["rng"] = rngs
-        if d.main:
-            path = save_checkpoint(run_dir / "checkpoints", step, state, keep=cfg.keep_checkpoints)
-            logger.info(f"checkpoint {path}")
-        if d.world > 1:
-            dist.barrier()
+        save_run_state(run_dir / "checkpoints", step, state, d, keep=cfg.keep_checkpoints)
 
     def full_weights() -> dict[str, torch.Tensor]:
         """Unsharded weights to validate and export: the EMA when on. Call on every rank."""
         return ema.state_dict() if ema is not None else get_model_state_dict(train_model, options=FULL)
 
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):  # first signal: finish the step, checkpoint, exit; second: abort now
-        if stop["signal"] is not None:
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     log = RunLog(run_dir, cfg.tensorboard) if d.main else None
     val_clips = load_val_clips(cfg, arch.spatial_compression) if eval_model is not None else []
     loader = iter(
         make_loader(files, cfg.data, cfg.seed, step, cfg.batch_size, cfg.grad_accum, d.rank, d.world)
     )
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    amp = autocast(d, cfg.precision)
+    guard = NonFiniteGuard(cfg.max_bad_steps, counters)
     last_layer = model.decoder.conv_out.weight
     t_last, samples_last = time.time(), counters["samples"]
     last_step = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
 
+    signals = contextlib.ExitStack()
+    stop = signals.enter_context(stop_signals())
     try:
-        while step < last_step and stop["signal"] is None:
+        while step < last_step and not stop.requested:
             train_model.train()
             gan_on = use_gan and step >= cfg.loss.gan_start_step
             sums = {"loss": 0.0, "rec": 0.0, "lpips": 0.0, "gan_g": 0.0, "gan_w": 0.0, "disc": 0.0}
@@ -351,7 +251,7 @@ def train_ae(
                     train_model.no_sync() if (not last_micro and hasattr(train_model, "no_sync")) else None
                 )
                 with no_sync or contextlib.nullcontext():
-                    with autocast:
+                    with amp:
                         x_hat = train_model(x).sample
                         rec = reconstruction_loss(x_hat, x, cfg.loss.reconstruction)
                         loss = cfg.loss.reconstruction_weight * rec
@@ -373,23 +273,11 @@ def train_ae(
                 sums["loss"] += loss.item() / cfg.grad_accum
                 sums["rec"] += rec.item() / cfg.grad_accum
                 batches.append((x, x_hat.detach()))
-            if d.world > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() == 0:  # skip the whole step on every rank
+            if not guard.all_finite(finite, d):  # skip the whole step on every rank
                 opt.zero_grad(set_to_none=True)
-                counters["bad_steps"] += 1
-                counters["bad_in_row"] += 1
-                if d.main:
-                    logger.warning(
-                        f"step {step}: non-finite loss, step skipped ({counters['bad_in_row']} in a row)"
-                    )
-                if counters["bad_in_row"] >= cfg.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"{counters['bad_in_row']} non-finite losses in a row at step {step}; lower optim.lr, "
-                        f"use precision=fp32, or resume from an earlier checkpoint in {run_dir / 'checkpoints'}"
-                    )
+                guard.skipped(step, run_dir / "checkpoints", d)
                 continue
-            counters["bad_in_row"] = 0
+            guard.ok()
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 train_model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             )
@@ -403,7 +291,7 @@ def train_ae(
             if gan_on:
                 disc.requires_grad_(True)
                 for x, x_hat in batches:
-                    with autocast:
+                    with amp:
                         d_loss = discriminator_loss(train_disc(x), train_disc(x_hat), cfg.loss.gan_loss)
                     (d_loss / len(batches)).backward()
                     sums["disc"] += d_loss.item() / len(batches)
@@ -452,8 +340,7 @@ def train_ae(
         if step % cfg.checkpoint_every != 0:
             checkpoint()  # at exit: the end of the run, or a stop signal
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        signals.close()
         if log is not None:
             log.close()
 
@@ -466,8 +353,7 @@ def train_ae(
         with atomic_dir(out, overwrite=True) as tmp:
             final.save_pretrained(tmp)
         logger.info(f"model written to {out}" + (" (EMA weights)" if ema is not None else ""))
-    if stop["signal"] is not None and d.main:
-        logger.info(f"stopped by signal {stop['signal']} at step {step}; resume with --resume auto")
-    if d.world > 1:
-        dist.barrier()
+    if stop.requested and d.main:
+        logger.info(f"stopped by signal {stop.signal} at step {step}; resume with --resume auto")
+    d.barrier()
     return out

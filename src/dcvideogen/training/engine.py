@@ -1,0 +1,256 @@
+"""The training engine every recipe shares (the autoencoder trainer, the AE-Adapt-V stages).
+
+What is here, once: the distributed set-up (torchrun / accelerate environment, gloo on CPU, nccl on GPU),
+DDP / FSDP2 wrapping, the learning-rate schedule, RNG state capture for exact resume, the run state
+written as one atomic safetensors checkpoint (model, optimiser, scheduler, EMA, counters, step, data
+position, every rank's RNG), stop signals (finish the step, checkpoint, exit), the non-finite-loss guard
+and peak memory. A recipe is the loop that uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import resource
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+from ..errors import DCVGError
+from .checkpoint import save_checkpoint
+
+logger = logging.getLogger("dcvg.train")
+
+# Whole (unsharded) state dicts on the CPU, for checkpoints and export, under DDP and FSDP alike.
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+class TrainingDiverged(DCVGError):
+    """Too many non-finite losses in a row."""
+
+
+# ---- distributed ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed() -> Dist:
+    """Process group from torchrun / accelerate environment variables (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local, device)
+
+
+def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Mean of `x` over ranks (a collective: every rank calls it)."""
+    if d.world > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= d.world
+    return x
+
+
+def all_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum of `x` over ranks, in place (a collective)."""
+    if d.world > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def wrap(
+    module: torch.nn.Module, parallel: str, d: Dist, is_block: Callable[[torch.nn.Module], bool] | None = None
+) -> torch.nn.Module:
+    """DDP for models that fit on each GPU; FSDP2 (`fully_shard`) on each block where `is_block` says so and
+    at the top for ones that do not. One process: the module itself."""
+    if d.world == 1:
+        return module
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        if is_block is not None:
+            for m in module.modules():
+                if m is not module and is_block(m):
+                    fully_shard(m)
+        return fully_shard(module)
+    ids = [d.device.index] if d.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+# ---- schedule ------------------------------------------------------------------------------------------
+
+
+def lr_factor(
+    step: int, warmup_steps: int, total_steps: int, decay: str = "constant", min_ratio: float = 0.0
+) -> float:
+    """Linear warm-up over `warmup_steps`, then constant, cosine or linear decay to `min_ratio` at
+    `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * shape
+
+
+# ---- RNG -----------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """Every generator a training step may draw from (torch, Python, NumPy, CUDA), as checkpointable values."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+    }
+    state["numpy"] = torch.from_numpy(np.random.get_state()[1].astype(np.int64))
+    state["numpy_pos"] = int(np.random.get_state()[2])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def gather_rng_states(d: Dist) -> list[dict]:
+    """Every rank's RNG state, in rank order (a collective)."""
+    if d.world == 1:
+        return [rng_state()]
+    states = [None] * d.world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng(states: list[dict], d: Dist) -> None:
+    """This rank's RNG from a checkpoint's list (rank 0's when the run had fewer ranks)."""
+    set_rng_state(states[d.rank] if d.rank < len(states) else states[0])
+
+
+# ---- run state -----------------------------------------------------------------------------------------
+
+
+def save_run_state(folder: Path, step: int, state: dict, d: Dist, keep: int = 2) -> Path | None:
+    """Write `state` plus every rank's RNG as checkpoint `step` (atomic, on rank 0); every rank calls it.
+    Returns the file on rank 0."""
+    state = {**state, "step": step, "rng": gather_rng_states(d)}
+    path = None
+    if d.main:
+        path = save_checkpoint(folder, step, state, keep=keep)
+        logger.info(f"checkpoint {path}")
+    d.barrier()
+    return path
+
+
+# ---- signals, non-finite losses, memory ------------------------------------------------------------------
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGINT / SIGTERM: the loop finishes its step, checkpoints and returns. A second signal aborts."""
+
+    signal: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+@contextmanager
+def stop_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+
+    def on_signal(signum, frame):
+        if flag.signal is not None:
+            raise KeyboardInterrupt
+        flag.signal = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class NonFiniteGuard:
+    """Counts steps whose loss was not finite on any rank; raises after `max_in_row` in a row."""
+
+    def __init__(self, max_in_row: int, counters: dict) -> None:
+        self.max_in_row = max_in_row
+        self.counters = counters
+        counters.setdefault("bad_steps", 0)
+        counters.setdefault("bad_in_row", 0)
+
+    def all_finite(self, finite: torch.Tensor, d: Dist) -> bool:
+        """`finite` (0-dim, 1 or 0) agreed over ranks (MIN), so every rank skips the same steps."""
+        if d.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def skipped(self, step: int, where: Path, d: Dist) -> None:
+        self.counters["bad_steps"] += 1
+        self.counters["bad_in_row"] += 1
+        if d.main:
+            logger.warning(
+                f"step {step}: non-finite loss, step skipped ({self.counters['bad_in_row']} in a row)"
+            )
+        if self.counters["bad_in_row"] >= self.max_in_row:
+            raise TrainingDiverged(
+                f"{self.counters['bad_in_row']} non-finite losses in a row at step {step}; lower the learning "
+                f"rate, use precision=fp32, or resume from an earlier checkpoint in {where}"
+            )
+
+    def ok(self) -> None:
+        self.counters["bad_in_row"] = 0
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated accelerator memory, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def autocast(d: Dist, precision: str):
+    """bf16 autocast on the run's device when `precision` is bf16 (master weights stay float32)."""
+    return torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
