@@ -252,3 +252,36 @@ def is_wan_block(module: nn.Module) -> bool:
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def load_base_embedder(base: str | Path) -> nn.Conv3d:
+    """The base model's patch embedder alone (the stage 1a teacher), read from its safetensors files
+    without loading the transformer."""
+    from safetensors import safe_open
+
+    folder = transformer_folder(base)
+    cfg = json.loads((folder / "config.json").read_text())
+    dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    patch = tuple(cfg["patch_size"])
+    conv = nn.Conv3d(cfg["in_channels"], dim, kernel_size=patch, stride=patch)
+    found = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in ("patch_embedding.weight", "patch_embedding.bias"):
+                if key in f.keys():  # noqa: SIM118 - safe_open has no __contains__
+                    found[key.split(".")[-1]] = f.get_tensor(key).float()
+    if len(found) != 2:
+        raise DCVGError(
+            f"{folder}: no patch_embedding weights in its safetensors files; is it a Wan transformer?"
+        )
+    conv.load_state_dict(found)
+    return conv.requires_grad_(False).eval()
+
+
+def lora_spec_for_config(transformer_config: dict, finetune_cfg) -> LoraSpec:
+    """The LoRA a `FinetuneConfig` puts on a transformer of this config (built on the meta device)."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(transformer_config)
+    return lora_spec_from_config(model, finetune_cfg)

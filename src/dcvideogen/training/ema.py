@@ -12,9 +12,15 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, trainable_only: bool = False) -> None:
+        """An average of every parameter, or with `trainable_only` of those that require grad (LoRA
+        fine-tuning: the frozen base weights need no average)."""
         self.decay = decay
-        self.shadow = {n: p.detach().clone().float() for n, p in model.named_parameters()}
+        self.shadow = {
+            n: p.detach().clone().float()
+            for n, p in model.named_parameters()
+            if p.requires_grad or not trainable_only
+        }
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

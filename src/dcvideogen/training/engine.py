@@ -15,6 +15,7 @@ import os
 import random
 import resource
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ..errors import DCVGError
 from .checkpoint import save_checkpoint
@@ -254,3 +259,137 @@ def peak_memory_gib(device: torch.device) -> float:
 def autocast(d: Dist, precision: str):
     """bf16 autocast on the run's device when `precision` is bf16 (master weights stay float32)."""
     return torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ---- the step bookkeeping of one training phase ---------------------------------------------------------
+
+
+class TrainLoop:
+    """Counts the steps of one phase (a recipe's stage) and does everything around the optimiser step:
+    the non-finite guard agreed over ranks, gradient clipping, scheduler and EMA, logging every
+    `log_every`, a checkpoint every `checkpoint_every`, and stopping on a signal or a step budget (with a
+    checkpoint, so nothing is lost). The recipe writes the forward and the loss:
+
+        loop = TrainLoop(...)
+        while loop.running():
+            loop.backward(loss_of(next(batches)))
+            loop.step_optimizer(grad_clip)
+
+    `checkpoint(loop)` and `log(step, metrics)` are the recipe's callbacks (rank 0 logs; every rank
+    checkpoints, which is a collective). `state` restores a phase interrupted mid-way: step, optimiser,
+    scheduler, EMA, counters, RNG.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        steps: int,
+        d: Dist,
+        train_model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        sched=None,
+        ema=None,
+        stop: StopFlag,
+        checkpoint: Callable[[TrainLoop], None],
+        log: Callable[[int, dict], None],
+        log_every: int,
+        checkpoint_every: int,
+        max_bad_steps: int,
+        budget: Callable[[], bool] = lambda: False,
+        state: dict | None = None,
+        where: Path = Path("."),
+    ) -> None:
+        self.name, self.steps, self.d = name, steps, d
+        self.train_model, self.opt, self.sched, self.ema = train_model, opt, sched, ema
+        self.stop, self.budget, self.where = stop, budget, where
+        self._checkpoint, self._log = checkpoint, log
+        self.log_every, self.checkpoint_every = log_every, checkpoint_every
+        self.step = 0
+        self.counters: dict = {"samples": 0}
+        self.guard = NonFiniteGuard(max_bad_steps, self.counters)
+        self.finish_reason = "budget"
+        if state is not None:
+            self.step = int(state["stage_step"])
+            set_optimizer_state_dict(train_model, opt, state["opt"], options=FULL)
+            if sched is not None:
+                sched.load_state_dict(state["sched"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            self.counters.update(state["counters"])
+            restore_rng(state["rng"], d)
+        self.finished = self.step >= steps
+        self._finite = torch.ones((), device=d.device)
+        self._loss_sum, self.last_loss = 0.0, float("nan")
+        self._t0, self._samples0 = time.time(), self.counters["samples"]
+        self._stopped = False
+
+    def running(self) -> bool:
+        """False when the phase is done, or a signal or the step budget says stop (then checkpoint once)."""
+        if self.finished:
+            return False
+        if self.stop.requested or self.budget():
+            if not self._stopped:
+                self._stopped = True
+                self._checkpoint(self)
+            return False
+        return True
+
+    def backward(self, loss: torch.Tensor, batch_size: int = 1) -> None:
+        if not torch.isfinite(loss.detach()):
+            self._finite.zero_()
+        loss.backward()
+        self._loss_sum += loss.item()
+        self.counters["samples"] += batch_size * self.d.world
+
+    def step_optimizer(self, grad_clip: float = 0.0) -> bool:
+        """Clip, step, schedule, EMA; False (nothing stepped) when a rank saw a non-finite loss."""
+        finite = self.guard.all_finite(self._finite, self.d)
+        self._finite.fill_(1)
+        self.last_loss, self._loss_sum = self._loss_sum, 0.0
+        if not finite:
+            self.opt.zero_grad(set_to_none=True)
+            self.guard.skipped(self.step, self.where, self.d)
+            return False
+        self.guard.ok()
+        params = [p for p in self.train_model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.sched is not None:
+            self.sched.step()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.train_model))
+        self.step += 1
+        self.finished = self.step >= self.steps
+        if self.step % self.log_every == 0 or self.finished:
+            now = time.time()
+            rate = (self.counters["samples"] - self._samples0) / max(now - self._t0, 1e-9)
+            self._t0, self._samples0 = now, self.counters["samples"]
+            self._log(
+                self.step,
+                {
+                    "train/loss": self.last_loss,
+                    "train/lr": self.opt.param_groups[0]["lr"],
+                    "train/grad_norm": float(grad_norm),
+                    "train/bad_steps": self.counters["bad_steps"],
+                    "perf/samples_per_s": rate,
+                    "perf/peak_mem_gib": peak_memory_gib(self.d.device),
+                },
+            )
+        if self.step % self.checkpoint_every == 0 and not self.finished:
+            self._checkpoint(self)
+        return True
+
+    def finish_early(self, reason: str) -> None:
+        self.finished, self.finish_reason = True, reason
+
+    def state(self) -> dict:
+        """The phase's part of a checkpoint (every rank calls it: gathering sharded states is collective)."""
+        return {
+            "stage_step": self.step,
+            "opt": get_optimizer_state_dict(self.train_model, self.opt, options=FULL),
+            "sched": self.sched.state_dict() if self.sched is not None else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "counters": dict(self.counters),
+        }

@@ -1,0 +1,663 @@
+"""AE-Adapt-V training (DC-VideoGen Sec. 3.3, Fig. 7, Table 8): stage 1a -> 1b -> 2 on the shared engine.
+
+    1a align-embedder  Eq. 2 on the cached latents: the exact least-squares solve (default) or AdamW
+    1b align-head      embedder + head on the flow-matching loss, DiT blocks frozen; budget or plateau
+    2  finetune        LoRA (or full fine-tuning) + embedder + head, end to end
+
+Each stage starts from the base transformer plus the "adapted state" the previous stage handed over
+(`model.py`), so a stage boundary and a resume go through the same path. Checkpoints hold the adapted
+state, the optimiser, scheduler, EMA, counters, plateau state, the stage history, every rank's RNG; the
+data position is the stage's step, and the noise, sigma and caption dropout of every sample are drawn from
+a generator seeded by (seed, stage, sample position), so a resumed run repeats the uninterrupted one bit
+for bit and 2 ranks match 1 with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+from ..errors import DCVGError
+from ..pipelines.conditioning import first_frames_mask
+from ..training.checkpoint import load_checkpoint, resolve_resume
+from ..training.ema import EMA
+from ..training.engine import (
+    FULL,
+    Dist,
+    TrainLoop,
+    all_sum,
+    autocast,
+    lr_factor,
+    save_run_state,
+    setup_distributed,
+    stop_signals,
+    unwrap,
+    wrap,
+)
+from ..training.runlog import RunLog
+from ..utils.atomic import atomic_file
+from . import align, flow
+from .config import STAGES, AdaptConfig, save_config, to_dict
+from .data import LatentCache, make_cache_loader
+from .model import (
+    adapted_state,
+    add_lora,
+    build_adapted_transformer,
+    count_parameters,
+    finetune_params,
+    head_alignment_params,
+    is_wan_block,
+    load_adapted_state,
+    load_base_transformer,
+    lora_spec_from_config,
+    set_trainable,
+)
+from .pairing import teacher_latent_slice
+from .result import AdaptedResult, write_adapted
+
+logger = logging.getLogger("dcvg.adapt")
+
+
+# ---- inputs of one batch ------------------------------------------------------------------------------------
+
+
+def sample_generator(seed: int, stage: int, position: int) -> torch.Generator:
+    """The generator of one training sample: noise, sigma and caption dropout depend on nothing else."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + stage * 7_919 + position) % (2**63 - 1))
+
+
+def wan_first_frame_mask(b: int, latent_frames: int, h: int, w: int) -> torch.Tensor:
+    """Wan-2.1-I2V's mask on a 1 + 4k clip: the first pixel frame (taken 4 times) is given, so latent frame 0
+    is 1 on all 4 channels and the rest 0. (B, 4, T', h, w)."""
+    mask = torch.zeros(b, 4, latent_frames, h, w)
+    mask[:, :, 0] = 1
+    return mask
+
+
+def student_input(batch: dict, x: torch.Tensor, task: str, num_frames: int) -> torch.Tensor:
+    """The adapted transformer's input: x (B, Z, T', h, w), or for I2V cat(x, mask 4, condition Z) (B, 2Z+4, ...)."""
+    if task == "t2v":
+        return x
+    b, _, _, h, w = x.shape
+    mask = first_frames_mask(b, num_frames, h, w, device=x.device, dtype=x.dtype)  # (B, 4, T', h, w)
+    return torch.cat([x, mask, batch["condition"].to(x)], dim=1)
+
+
+def teacher_input(batch: dict, task: str) -> torch.Tensor:
+    """The base embedder's input on Wan latents (full length; the pairing slice is applied to its tokens)."""
+    z = batch["wan_latent"]  # (B, 16, T_wan, H/8, W/8)
+    if task == "t2v":
+        return z
+    b, _, t, h, w = z.shape
+    return torch.cat([z, wan_first_frame_mask(b, t, h, w).to(z), batch["wan_condition"].to(z)], dim=1)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ---- stage 1a -----------------------------------------------------------------------------------------------
+
+
+def alignment_pair(batch, base_embedder, student_patch, cfg: AdaptConfig):
+    """(student input (B, C, T', h, w), Eq. 2 target (B, D, t, h, w)) of a batch."""
+    x = student_input(batch, batch["latent"], cfg.model.task, cfg.data.num_frames)
+    grid = align.token_grid(tuple(x.shape[2:]), student_patch)
+    z = teacher_input(batch, cfg.model.task)
+    z = z[:, :, teacher_latent_slice(cfg.data.pairing)]  # (B, C_base, T', H/8, W/8): paired in time
+    return x, align.pooled_base_tokens(base_embedder, z, grid)
+
+
+def new_embedder(in_channels: int, dim: int, patch, seed: int) -> torch.nn.Conv3d:
+    """The new patch embedder, xavier-uniform as the authors' (model.init_new_modules), bias 0."""
+    conv = torch.nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch)
+    fan_in, fan_out = conv.weight[0].numel(), dim
+    bound = (6.0 / (fan_in + fan_out)) ** 0.5
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        conv.weight.copy_(torch.rand(conv.weight.shape, generator=g) * 2 * bound - bound)
+        conv.bias.zero_()
+    return conv
+
+
+@torch.no_grad()
+def alignment_sums(cache, indices, base_embedder, embedder, cfg, d: Dist) -> align.LeastSquaresSums:
+    """G and R of Eq. 2 over `indices` (this rank's share, then all-reduced)."""
+    patch = tuple(embedder.kernel_size)
+    sums = align.LeastSquaresSums(embedder.weight[0].numel(), embedder.out_channels)
+    for i in indices[d.rank :: d.world]:
+        batch = {k: v[None] if torch.is_tensor(v) else v for k, v in cache[i].items()}
+        x, target = alignment_pair(batch, base_embedder, patch, cfg)
+        sums.add(align.patch_rows(x.double(), patch), align.token_rows(target))
+    for t in sums.tensors():
+        all_sum(t, d)
+    return sums
+
+
+def heldout_mse(sums: align.LeastSquaresSums, embedder: torch.nn.Conv3d) -> float:
+    return sums.loss(*align.embedder_weight_rows(embedder))
+
+
+def run_align_embedder(cfg: AdaptConfig, ctx: RunContext, state: dict | None) -> dict:
+    """Stage 1a. Returns the adapted state {patch_embedding.weight, .bias} ({} when stopped mid-way)."""
+    a, d, dims = cfg.align_embedder, ctx.d, ctx.dims
+    base_embedder = ctx.base_embedder()
+    random_init = new_embedder(dims["in_channels"], dims["dim"], cfg.model.patch_size, cfg.seed)
+    t0 = time.time()
+    train_sums = alignment_sums(ctx.cache, ctx.train_idx, base_embedder, random_init, cfg, d)
+    exact = new_embedder(dims["in_channels"], dims["dim"], cfg.model.patch_size, cfg.seed)
+    align.set_embedder(exact, *train_sums.solve(a.ridge))
+    metrics = {
+        "align/exact_solve_s": time.time() - t0,
+        "align/train_mse_exact": heldout_mse(train_sums, exact),
+    }
+    held = alignment_sums(ctx.cache, ctx.val_idx, base_embedder, random_init, cfg, d) if ctx.val_idx else None
+    if held is not None:
+        metrics["align/heldout_mse_random"] = heldout_mse(held, random_init)
+        metrics["align/heldout_mse_exact"] = heldout_mse(held, exact)
+    embedder = exact
+    if a.method == "adamw":
+        if state is not None:
+            align.set_embedder(
+                random_init,
+                state["adapted"]["patch_embedding.weight"].flatten(1),
+                state["adapted"]["patch_embedding.bias"],
+            )
+        embedder = run_align_adamw(cfg, ctx, random_init, base_embedder, state)
+        if embedder is None:  # stopped mid-stage; checkpointed
+            return {}
+        metrics["align/train_mse_adamw"] = heldout_mse(train_sums, embedder)
+        if held is not None:
+            metrics["align/heldout_mse_adamw"] = heldout_mse(held, embedder)
+    ctx.log_metrics(metrics, f"stage align-embedder ({a.method}): ")
+    return embedder_state(embedder)
+
+
+def embedder_state(embedder: torch.nn.Conv3d) -> dict:
+    e = unwrap(embedder)
+    return {
+        "patch_embedding.weight": e.weight.detach().float().cpu().clone(),
+        "patch_embedding.bias": e.bias.detach().float().cpu().clone(),
+    }
+
+
+def run_align_adamw(cfg: AdaptConfig, ctx: RunContext, embedder, base_embedder, state):
+    """The paper's loop for Eq. 2: AdamW on the new embedder alone, batches from the cache."""
+    a, d = cfg.align_embedder, ctx.d
+    embedder, base_embedder = embedder.to(d.device), base_embedder.to(d.device)
+    train = wrap(embedder, "ddp", d)  # a few thousand weights: DDP even under parallel=fsdp
+    opt = torch.optim.AdamW(train.parameters(), lr=a.lr, betas=a.betas, weight_decay=a.weight_decay)
+    loop = ctx.loop(
+        "align-embedder", a.steps, state, train, opt, None, None, lambda: embedder_state(embedder)
+    )
+    loader = iter(
+        make_cache_loader(
+            ctx.cache, ctx.train_idx, cfg.seed, loop.step, a.batch_size, 1, d.rank, d.world, cfg.data.workers
+        )
+    )
+    while loop.running():
+        batch = to_device(next(loader), d.device)
+        x, target = alignment_pair(batch, base_embedder, tuple(embedder.kernel_size), cfg)
+        loop.backward(align.alignment_loss(train(x), target), a.batch_size)
+        loop.step_optimizer()
+    ctx.last_reason = loop.finish_reason
+    return embedder.cpu() if loop.finished else None
+
+
+# ---- stages 1b and 2 ----------------------------------------------------------------------------------------
+
+
+def diffusion_loss(model, batch: dict, null_text: torch.Tensor, cfg: AdaptConfig, stage: int) -> torch.Tensor:
+    """Flow-matching loss of one micro-batch (FACTS section 3) with caption dropout to the unconditional
+    embedding; every random draw comes from the sample's own generator."""
+    x0 = batch["latent"]  # (B, Z, T', h, w)
+    f = cfg.flow
+    sigmas, noises, drops = [], [], []
+    for pos in batch["position"].tolist():
+        g = sample_generator(cfg.seed, stage, pos)
+        sigmas.append(flow.sample_sigma(g, f.sampling, f.logit_mean, f.logit_std, f.shift))
+        noises.append(torch.randn(x0.shape[1:], generator=g))
+        drops.append(torch.rand((), generator=g) < cfg.data.caption_dropout)
+    sigma = torch.stack(sigmas).to(x0.device)  # (B,)
+    noise = torch.stack(noises).to(x0)  # (B, Z, T', h, w)
+    drop = torch.stack(drops).to(x0.device).view(-1, 1, 1)  # (B, 1, 1)
+    text = torch.where(drop, null_text.to(batch["text"]), batch["text"])  # (B, L, D_text)
+    return predict_and_score(model, batch, x0, noise, sigma, text, cfg)
+
+
+def predict_and_score(model, batch, x0, noise, sigma, text, cfg: AdaptConfig) -> torch.Tensor:
+    x_t = flow.noisy_latent(x0, noise, sigma)
+    extra = {"encoder_hidden_states_image": batch["image_embeds"]} if "image_embeds" in batch else {}
+    pred = model(
+        hidden_states=student_input(batch, x_t, cfg.model.task, cfg.data.num_frames),
+        timestep=flow.timestep_of(sigma),
+        encoder_hidden_states=text,
+        return_dict=False,
+        **extra,
+    )[0]
+    return flow.flow_loss(pred, flow.velocity_target(x0, noise))
+
+
+@torch.no_grad()
+def validation_loss(model, cfg: AdaptConfig, ctx: RunContext) -> dict[str, float]:
+    """Held-out flow-matching loss on a fixed sigma grid with fixed noise and no dropout: comparable across
+    stages and runs. Every rank computes it (forwards are collective under FSDP)."""
+    model.eval()
+    out = {}
+    for k, s in enumerate(cfg.flow.val_sigmas):
+        losses = []
+        for i in ctx.val_idx:
+            batch = to_device(
+                {n: v[None] if torch.is_tensor(v) else v for n, v in ctx.cache[i].items()}, ctx.d.device
+            )
+            g = torch.Generator().manual_seed(cfg.seed * 7_919 + i * 101 + k)
+            noise = torch.randn(batch["latent"].shape[1:], generator=g)[None].to(batch["latent"])
+            sigma = torch.full((1,), float(s), device=ctx.d.device)
+            with ctx.amp:
+                loss = predict_and_score(model, batch, batch["latent"], noise, sigma, batch["text"], cfg)
+            losses.append(loss.item())
+        out[f"val/loss_sigma_{s:g}"] = sum(losses) / len(losses)
+    out["val/loss"] = sum(out.values()) / len(out)
+    return out
+
+
+def plateau_update(
+    p: dict, loss: float, step: int, smoothing: float, tolerance: float, patience: int
+) -> bool:
+    """Stage 1b's stop rule on the EMA-smoothed loss; `p` (smoothed, best, best_step) is updated in place.
+    True when the smoothed loss has not improved by `tolerance` (relative) for `patience` steps."""
+    p["smoothed"] = loss if p.get("smoothed") is None else smoothing * p["smoothed"] + (1 - smoothing) * loss
+    if p.get("best") is None or p["smoothed"] < p["best"] * (1 - tolerance):
+        p["best"], p["best_step"] = p["smoothed"], step
+    return patience > 0 and step - p["best_step"] >= patience
+
+
+def run_diffusion_stage(
+    name: str, cfg: AdaptConfig, ctx: RunContext, adapted: dict, state: dict | None
+) -> dict:
+    """Stage 1b (align-head) or 2 (finetune). Returns the adapted state at its end ({} when stopped)."""
+    d, stage = ctx.d, STAGES.index(name)
+    s = cfg.align_head if name == "align-head" else cfg.finetune
+    full = name == "finetune" and s.full_finetune
+    model = build_adapted_transformer(
+        ctx.base(), ctx.dims["latent_channels"], cfg.model.task, cfg.model.patch_size, cfg.seed
+    )
+    if name == "finetune" and not full:
+        add_lora(model, lora_spec_from_config(model, s))
+    load_adapted_state(model, state["adapted"] if state is not None else adapted)
+    pick = (
+        head_alignment_params(s.train_embedder, s.train_modulation)
+        if name == "align-head"
+        else finetune_params(full)
+    )
+    set_trainable(model, pick)
+    ctx.log_text(
+        f"stage {name}: {count_parameters(model) / 1e6:.3f}M trainable of {count_parameters(model, False) / 1e6:.3f}M parameters"
+    )
+    if cfg.model.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.to(d.device)
+    train = wrap(model, cfg.parallel, d, is_wan_block)
+    opt = torch.optim.AdamW(
+        [p for p in train.parameters() if p.requires_grad],
+        lr=s.lr,
+        betas=s.betas,
+        weight_decay=s.weight_decay,
+    )
+    warmup = getattr(s, "warmup_steps", 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, warmup, s.steps))
+    ema = EMA(model, s.ema_decay, trainable_only=True) if getattr(s, "ema_decay", 0) > 0 else None
+
+    def current() -> dict:  # every rank: gathering shards is collective
+        return adapted_state(model, full, get_model_state_dict(train, options=FULL))
+
+    loop = ctx.loop(name, s.steps, state, train, opt, sched, ema, current)
+    null_text = ctx.cache.null_text().to(d.device)
+    loader = iter(
+        make_cache_loader(
+            ctx.cache,
+            ctx.train_idx,
+            cfg.seed + stage,
+            loop.step,
+            s.batch_size,
+            s.grad_accum,
+            d.rank,
+            d.world,
+            cfg.data.workers,
+        )
+    )
+    while loop.running():
+        train.train()
+        for micro in range(s.grad_accum):
+            batch = to_device(next(loader), d.device)
+            last = micro == s.grad_accum - 1
+            with (
+                train.no_sync() if (not last and hasattr(train, "no_sync")) else contextlib.nullcontext(),
+                ctx.amp,
+            ):
+                loss = diffusion_loss(train, batch, null_text, cfg, stage)
+            loop.backward(loss / s.grad_accum, s.batch_size)
+        stepped = loop.step_optimizer(s.grad_clip)
+        p = loop.counters.setdefault("plateau", {})
+        if (
+            stepped
+            and name == "align-head"
+            and plateau_update(
+                p, loop.last_loss, loop.step, s.plateau_smoothing, s.plateau_tolerance, s.plateau_patience
+            )
+        ):
+            ctx.log_text(
+                f"stage align-head: the smoothed loss {p['smoothed']:.4f} has not improved by {s.plateau_tolerance:.0%} in {s.plateau_patience} steps; stopping at step {loop.step}"
+            )
+            loop.finish_early("plateau")
+        if ctx.val_idx and stepped and (loop.step % cfg.val_every == 0 or loop.finished):
+            ctx.log_metrics(
+                validation_loss(unwrap(train), cfg, ctx), f"{name} step {loop.step}: ", ctx.global_step
+            )
+            ctx.samples(unwrap(train), name, loop.step)
+    ctx.last_reason = loop.finish_reason
+    if not loop.finished:
+        return {}
+    out = current()
+    if ema is not None:
+        out.update({k: v for k, v in ema.state_dict().items() if k in out})
+    return out
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+
+
+class RunContext:
+    """What every stage of one run shares: config, ranks, cache, logs, the global step and its budget, and
+    the checkpoint writer."""
+
+    def __init__(self, cfg: AdaptConfig, d: Dist, run_dir: Path, cache, dims: dict, stop, stop_after, state):
+        self.cfg, self.d, self.run_dir, self.cache, self.dims, self.stop = cfg, d, run_dir, cache, dims, stop
+        self.train_idx, self.val_idx = cache.split(cfg.data.holdout)
+        self.amp = autocast(d, cfg.precision)
+        self.log = RunLog(run_dir, cfg.tensorboard) if d.main else None
+        self.global_step = int(state["global_step"]) if state else 0
+        self.stop_at = None if stop_after is None else self.global_step + stop_after
+        self.history: list[dict] = list(state["history"]) if state else []
+        self.adapted: dict = dict(state["adapted"]) if state and state["finished"] else {}
+        if state and not state["finished"]:  # the stages before the interrupted one
+            self.adapted = dict(state.get("handed_over", {}))
+        self.last_reason = "budget"
+        self._pipe = None
+
+    # -- models --
+    def base(self):
+        return load_base_transformer(self.cfg.model.base)
+
+    def base_embedder(self) -> torch.nn.Conv3d:
+        from .model import load_base_embedder
+
+        return load_base_embedder(self.cfg.model.base)
+
+    # -- logs --
+    def log_metrics(self, metrics: dict, prefix: str = "", step: int | None = None) -> None:
+        if self.log is not None:
+            self.log.log(self.global_step if step is None else step, metrics)
+            logger.info(prefix + " ".join(f"{k.split('/')[-1]} {v:.5g}" for k, v in metrics.items()))
+
+    def log_text(self, message: str) -> None:
+        if self.d.main:
+            logger.info(message)
+
+    # -- checkpoints --
+    def budget_spent(self) -> bool:
+        return self.stop_at is not None and self.global_step >= self.stop_at
+
+    def checkpoint(self, stage: str, finished: bool, adapted: dict, phase: dict | None = None) -> None:
+        state = {
+            "stage": stage,
+            "finished": finished,
+            "global_step": self.global_step,
+            "adapted": adapted,
+            "handed_over": self.adapted,
+            "history": self.history,
+            "config": to_dict(self.cfg),
+            **(phase or {"stage_step": 0}),
+        }
+        save_run_state(
+            self.run_dir / "checkpoints", self.global_step, state, self.d, self.cfg.keep_checkpoints
+        )
+
+    def loop(self, name, steps, state, train, opt, sched, ema, current) -> TrainLoop:
+        def checkpoint(loop: TrainLoop) -> None:
+            self.checkpoint(name, False, current(), loop.state())
+
+        def log(step: int, metrics: dict) -> None:
+            self.global_step_log(name, step, metrics)
+
+        loop = TrainLoop(
+            name=name,
+            steps=steps,
+            d=self.d,
+            train_model=train,
+            opt=opt,
+            sched=sched,
+            ema=ema,
+            stop=self.stop,
+            checkpoint=checkpoint,
+            log=log,
+            log_every=self.cfg.log_every,
+            checkpoint_every=self.cfg.checkpoint_every,
+            max_bad_steps=self.cfg.max_bad_steps,
+            budget=self.budget_spent,
+            state=state,
+            where=self.run_dir / "checkpoints",
+        )
+        original = loop.step_optimizer
+
+        def step_optimizer(grad_clip: float = 0.0) -> bool:  # the run's global step moves with the stage's
+            stepped = original(grad_clip)
+            self.global_step += int(stepped)
+            return stepped
+
+        loop.step_optimizer = step_optimizer
+        return loop
+
+    def global_step_log(self, name: str, step: int, metrics: dict) -> None:
+        if self.log is not None:
+            self.log.log(
+                self.global_step, {**{f"{name}/{k}": v for k, v in metrics.items()}, f"{name}/step": step}
+            )
+            logger.info(
+                f"{name} step {step} loss {metrics['train/loss']:.5f} lr {metrics['train/lr']:.2e} {metrics['perf/samples_per_s']:.2f} samples/s"
+            )
+
+    # -- sample videos --
+    @torch.no_grad()
+    def samples(self, model, stage: str, step: int) -> None:
+        """Videos of the cached validation prompts (fixed seeds) through the project's own pipeline."""
+        prompts = self.cache.val_prompts()
+        if not prompts:
+            return
+        from ..video import VideoWriter
+
+        pipe = self._pipeline(model)
+        cfg = self.cfg
+        for i, item in enumerate(prompts):
+            call = dict(
+                prompt_embeds=item["text"][None].to(self.d.device, model.dtype),
+                negative_prompt_embeds=self.cache.null_text()[None].to(self.d.device, model.dtype),
+                num_frames=cfg.data.num_frames,
+                height=cfg.data.height,
+                width=cfg.data.width,
+                num_inference_steps=cfg.val_steps,
+                guidance_scale=cfg.val_guidance,
+                generator=torch.Generator().manual_seed(cfg.seed + i),
+                output_type="pt",
+            )
+            if cfg.model.task == "i2v":
+                call.update(image=item["image"][None].add(1).div(2), image_embeds=item.get("image_embeds"))
+            with self.amp:
+                video = pipe(**call).frames[0]  # (T, 3, H, W) in [0, 1]
+            if self.d.main:
+                folder = self.run_dir / "samples"
+                folder.mkdir(parents=True, exist_ok=True)
+                with VideoWriter(folder / f"{stage}-{step:07d}-{i}.mp4", 16.0) as w:
+                    w.write(video.permute(1, 0, 2, 3) * 2 - 1)  # (3, T, H, W) in [-1, 1]
+                if self.log is not None and self.log.tb is not None:
+                    self.log.tb.add_images(
+                        f"samples/{i}", video[:: max(1, video.shape[0] // 4)], self.global_step
+                    )
+        model.train()
+
+    def _pipeline(self, model):
+        from diffusers import UniPCMultistepScheduler
+
+        from ..models.dcae_v.loading import load_autoencoder
+        from ..pipelines import DCVideoGenImageToVideoPipeline, DCVideoGenPipeline
+
+        if self._pipe is None:
+            ae = load_autoencoder(self.cfg.model.autoencoder, device=self.d.device)
+            sched = UniPCMultistepScheduler(
+                prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=self.cfg.flow.shift
+            )
+            cls = DCVideoGenPipeline if self.cfg.model.task == "t2v" else DCVideoGenImageToVideoPipeline
+            self._pipe = cls(tokenizer=None, text_encoder=None, vae=ae, scheduler=sched, transformer=model)
+            self._pipe.set_progress_bar_config(disable=True)
+        self._pipe.transformer = model
+        return self._pipe
+
+
+def check_run(cfg: AdaptConfig, cache, state: dict | None, ckpt: Path | None) -> dict:
+    """Fail before heavy work: the base, the cache and a resumed run must fit this config. Returns the dims."""
+    from .model import adapted_config, transformer_folder
+
+    base_cfg = json.loads((transformer_folder(cfg.model.base) / "config.json").read_text())
+    fp = cache.fingerprint
+    if fp.get("task") != cfg.model.task:
+        raise DCVGError(
+            f"{cfg.data.cache}: a {fp.get('task')} cache, but model.task={cfg.model.task}; cache again for {cfg.model.task}"
+        )
+    for key in ("num_frames", "height", "width", "pairing"):
+        if fp.get(key) != getattr(cfg.data, key):
+            raise DCVGError(
+                f"{cfg.data.cache}: cached with data.{key}={fp.get(key)}, config says {getattr(cfg.data, key)}; run dcvg adapt cache with this config or fix data.{key}"
+            )
+    z = int(fp["latent_channels"])
+    new = adapted_config(base_cfg, z, cfg.model.task, cfg.model.patch_size)  # raises on a T2V/I2V mismatch
+    want_base_in = int(fp["wan_channels"]) * (2 if cfg.model.task == "i2v" else 1) + (
+        4 if cfg.model.task == "i2v" else 0
+    )
+    if base_cfg["in_channels"] != want_base_in:
+        raise DCVGError(
+            f"{cfg.model.base}: the transformer takes {base_cfg['in_channels']} channels but the cache's Wan latents have {fp['wan_channels']}; cache with this base model"
+        )
+    if state is not None:
+        saved = state["config"]
+        for section in ("model", "data"):
+            for k, v in saved[section].items():
+                if k not in ("workers", "val_prompts", "val_images") and to_dict(cfg)[section].get(k) != v:
+                    raise DCVGError(
+                        f"{ckpt}: the run was made with {section}.{k}={v!r}, this config has {to_dict(cfg)[section].get(k)!r}; resume with the run's own config ({ckpt.parent.parent / 'config.yaml'}) or start a new --out"
+                    )
+    dim = base_cfg["num_attention_heads"] * base_cfg["attention_head_dim"]
+    return {"latent_channels": z, "in_channels": new["in_channels"], "dim": dim, "transformer_config": new}
+
+
+def train_adapt(
+    cfg: AdaptConfig,
+    run_dir: str | Path,
+    resume: str | None = None,
+    stage: str | None = None,
+    stop_after: int | None = None,
+) -> Path | None:
+    """Run the enabled stages (or only `stage`) to the end, or for `stop_after` steps; returns RUN/adapted when
+    every stage is done (None when stopped early, after a checkpoint)."""
+    d = setup_distributed()
+    run_dir = Path(run_dir)
+    cfg.require("model.base", "data.cache")
+    if stage is not None and stage not in STAGES:
+        raise DCVGError(f"--stage {stage}: use one of {', '.join(STAGES)}")
+    cache = LatentCache(cfg.data.cache)
+    ckpt = resolve_resume(resume, run_dir)
+    state = load_checkpoint(ckpt) if ckpt is not None else None
+    dims = check_run(cfg, cache, state, ckpt)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        if state is not None:
+            logger.info(
+                f"resumed from {ckpt}: stage {state['stage']} step {state['stage_step']} ({'done' if state['finished'] else 'in progress'})"
+            )
+    stages = [stage] if stage is not None else cfg.enabled_stages()
+    with stop_signals() as stop:
+        ctx = RunContext(cfg, d, run_dir, cache, dims, stop, stop_after, state)
+        try:
+            for name in stages:
+                if any(h["stage"] == name for h in ctx.history):
+                    continue  # done in this run folder (a new --out runs it again)
+                if stop.requested or ctx.budget_spent():
+                    break
+                resuming = (
+                    state if state is not None and not state["finished"] and state["stage"] == name else None
+                )
+                t0, start = time.time(), ctx.global_step
+                if name == "align-embedder":
+                    out = run_align_embedder(cfg, ctx, resuming)
+                    if out and cfg.align_embedder.method == "exact":
+                        ctx.global_step += 1
+                    out = {**ctx.adapted, **out} if out else {}
+                else:
+                    out = run_diffusion_stage(name, cfg, ctx, ctx.adapted, resuming)
+                if not out:
+                    break
+                ctx.adapted = out
+                ctx.history.append(
+                    {
+                        "stage": name,
+                        "reason": ctx.last_reason
+                        if name != "align-embedder" or cfg.align_embedder.method == "adamw"
+                        else "solved",
+                        "end_global_step": ctx.global_step,
+                        "seconds_this_session": round(time.time() - t0, 2),
+                        "start_global_step": start,
+                    }
+                )
+                ctx.checkpoint(name, True, ctx.adapted)
+                if d.main:
+                    with atomic_file(run_dir / "stages.json") as tmp:
+                        tmp.write_text(json.dumps(ctx.history, indent=2))
+        finally:
+            if ctx.log is not None:
+                ctx.log.close()
+    done = {h["stage"] for h in ctx.history}
+    if not set(stages) <= done:
+        if d.main:
+            logger.info(f"stopped at global step {ctx.global_step}; continue with --resume auto")
+        return None
+    out = run_dir / "adapted"
+    if d.main:
+        lora = None
+        if any(k for k in ctx.adapted if "lora_" in k):
+            from .model import lora_spec_for_config
+
+            lora = lora_spec_for_config(dims["transformer_config"], cfg.finetune)
+        write_adapted(
+            out,
+            AdaptedResult(
+                transformer_config=dims["transformer_config"],
+                state=ctx.adapted,
+                lora=lora,
+                full_finetune=cfg.finetune.full_finetune and "finetune" in done,
+                task=cfg.model.task,
+                base=str(Path(cfg.model.base).resolve()),
+                autoencoder=cfg.model.autoencoder,
+                stages=ctx.history,
+            ),
+        )
+        logger.info(
+            f"adapted model written to {out}; export it with: dcvg adapt export {run_dir} OUT [--fuse]"
+        )
+    d.barrier()
+    return out
