@@ -113,7 +113,7 @@ class LeastSquaresSums:
 
     def loss(self, weight: torch.Tensor, bias: torch.Tensor) -> float:
         """Eq. 2's MSE over the accumulated data at (W, b), from the sums alone (no second pass)."""
-        wa = torch.cat([weight.double().T, bias.double()[None]], dim=0)  # (K+1, D)
+        wa = torch.cat([weight.detach().double().T, bias.detach().double()[None]], dim=0)  # (K+1, D)
         sse = self.target_sq - 2 * (wa * self.cross).sum() + (wa * (self.gram @ wa)).sum()
         return float(sse / (self.rows * weight.shape[0]))
 

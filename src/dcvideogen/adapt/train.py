@@ -486,7 +486,7 @@ class RunContext:
         cfg = self.cfg
         for i, item in enumerate(prompts):
             call = dict(
-                prompt_embeds=item["text"][None].to(self.d.device, model.dtype),
+                prompt_embeds=item[1][None].to(self.d.device, model.dtype),
                 negative_prompt_embeds=self.cache.null_text()[None].to(self.d.device, model.dtype),
                 num_frames=cfg.data.num_frames,
                 height=cfg.data.height,
@@ -496,8 +496,8 @@ class RunContext:
                 generator=torch.Generator().manual_seed(cfg.seed + i),
                 output_type="pt",
             )
-            if cfg.model.task == "i2v":
-                call.update(image=item["image"][None].add(1).div(2), image_embeds=item.get("image_embeds"))
+            if cfg.model.task == "i2v":  # (prompt, text, image (3, H, W) in [-1, 1], CLIP features)
+                call.update(image=item[2][None].add(1).div(2), image_embeds=item[3][None].to(self.d.device))
             with self.amp:
                 video = pipe(**call).frames[0]  # (T, 3, H, W) in [0, 1]
             if self.d.main:

@@ -7,11 +7,11 @@ import logging
 import sys
 
 from ..errors import DCVGError
-from . import ae, bench, generate, train
+from . import adapt, ae, bench, generate, train
 from . import eval as eval_ae
 
 # Modules that add sub-commands: each has register(subparsers) setting `func` on its parser.
-COMMAND_MODULES = [ae, train, eval_ae, generate, bench]
+COMMAND_MODULES = [ae, train, adapt, eval_ae, generate, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
