@@ -40,7 +40,9 @@ DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "f
 
 @dataclass
 class ModelConfig:
-    base: str = ""  # the Wan model: a diffusers Wan pipeline folder (model_index.json, transformer/, vae/, ...)
+    base: str = (
+        ""  # the Wan model: a diffusers Wan pipeline folder (model_index.json, transformer/, vae/, ...)
+    )
     task: str = "t2v"  # t2v | i2v
     autoencoder: str = "default"  # DC-AE-V: a saved folder, an official .pt, or "default" (bundled)
     patch_size: tuple[int, int, int] = (1, 1, 1)  # the adapted transformer's patch (t, h, w)
@@ -64,7 +66,9 @@ class DataConfig:
     holdout: int = 2  # the last N cached clips are held out: validation loss and the stage-1a held-out MSE
     caption_dropout: float = 0.1  # captions replaced by the unconditional embedding (stages 1b and 2)
     workers: int = 0  # DataLoader workers per rank when reading the cache
-    val_prompts: list[str] = field(default_factory=list)  # sample videos at validation (encoded at cache time)
+    val_prompts: list[str] = field(
+        default_factory=list
+    )  # sample videos at validation (encoded at cache time)
     val_images: list[str] = field(default_factory=list)  # I2V: first frames for the sample videos, one each
 
 
@@ -175,7 +179,10 @@ class AdaptConfig:
             ),
             (d.pairing in ("exact", "authors"), f"data.pairing={d.pairing!r}: use exact or authors"),
             (d.height >= 32 and d.width >= 32, f"data.height/width {d.height}x{d.width}: at least 32"),
-            (d.height % 32 == 0 and d.width % 32 == 0, f"data size {d.height}x{d.width}: use multiples of 32"),
+            (
+                d.height % 32 == 0 and d.width % 32 == 0,
+                f"data size {d.height}x{d.width}: use multiples of 32",
+            ),
             (d.frame_stride >= 1 and d.shard_size >= 1, "data.frame_stride and data.shard_size must be >= 1"),
             (0 <= d.caption_dropout < 1, f"data.caption_dropout={d.caption_dropout} must be in [0, 1)"),
             (d.holdout >= 0, f"data.holdout={d.holdout} must be >= 0"),
@@ -196,7 +203,9 @@ class AdaptConfig:
             ),
         ]
         for stage in (self.align_embedder, self.align_head, self.finetune):
-            checks.append((stage.steps >= 1 and stage.batch_size >= 1, "stage steps and batch_size must be >= 1"))
+            checks.append(
+                (stage.steps >= 1 and stage.batch_size >= 1, "stage steps and batch_size must be >= 1")
+            )
         for ok, message in checks:
             if not ok:
                 raise DCVGError(f"adapt config: {message}")

@@ -51,6 +51,7 @@ from .model import (
     build_adapted_transformer,
     count_parameters,
     finetune_params,
+    frozen_fingerprint,
     head_alignment_params,
     is_wan_block,
     load_adapted_state,
@@ -303,6 +304,7 @@ def run_diffusion_stage(
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(d.device)
+    frozen = frozen_fingerprint(model)
     train = wrap(model, cfg.parallel, d, is_wan_block)
     opt = torch.optim.AdamW(
         [p for p in train.parameters() if p.requires_grad],
@@ -364,6 +366,9 @@ def run_diffusion_stage(
     ctx.last_reason = loop.finish_reason
     if not loop.finished:
         return {}
+    changed = [n for n, v in frozen_fingerprint(unwrap(train)).items() if frozen.get(n) != v]
+    assert not changed, f"frozen weights changed in stage {name}: {changed[:3]}"
+    ctx.log_metrics({f"{name}/frozen_unchanged": float(len(frozen))}, f"stage {name}: ", ctx.global_step)
     out = current()
     if ema is not None:
         out.update({k: v for k, v in ema.state_dict().items() if k in out})
@@ -486,7 +491,7 @@ class RunContext:
         cfg = self.cfg
         for i, item in enumerate(prompts):
             call = dict(
-                prompt_embeds=item[1][None].to(self.d.device, model.dtype),
+                prompt_embeds=item["text"][None].to(self.d.device, model.dtype),
                 negative_prompt_embeds=self.cache.null_text()[None].to(self.d.device, model.dtype),
                 num_frames=cfg.data.num_frames,
                 height=cfg.data.height,
@@ -496,8 +501,9 @@ class RunContext:
                 generator=torch.Generator().manual_seed(cfg.seed + i),
                 output_type="pt",
             )
-            if cfg.model.task == "i2v":  # (prompt, text, image (3, H, W) in [-1, 1], CLIP features)
-                call.update(image=item[2][None].add(1).div(2), image_embeds=item[3][None].to(self.d.device))
+            if cfg.model.task == "i2v":  # image (3, H, W) in [-1, 1] and its CLIP features
+                image = item["image"][None].add(1).div(2)
+                call.update(image=image, image_embeds=item["image_embeds"][None].to(self.d.device))
             with self.amp:
                 video = pipe(**call).frames[0]  # (T, 3, H, W) in [0, 1]
             if self.d.main:
