@@ -309,7 +309,7 @@ def export_fused(
     pipe = assemble_pipeline(transformer, base_path, ae, result.task, dtype)
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-    logger.info(f"wrote the fused {result.task} pipeline to {out}")
+    logger.debug(f"wrote the fused {result.task} pipeline to {out}")
     return out
 
 
@@ -348,7 +348,7 @@ def export_unfused(
         )
         save_file(modules, str(tmp / MODULES_FILE), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info(f"wrote the {result.task} adapter (LoRA rank {result.lora.rank}) to {out}")
+    logger.debug(f"wrote the {result.task} adapter (LoRA rank {result.lora.rank}) to {out}")
     return out
 
 

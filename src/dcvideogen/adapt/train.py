@@ -290,7 +290,9 @@ def run_diffusion_stage(
         ctx.base(), ctx.dims["latent_channels"], cfg.model.task, cfg.model.patch_size, cfg.seed
     )
     if name == "finetune" and not full:
-        add_lora(model, lora_spec_from_config(model, s))
+        with torch.random.fork_rng(devices=[]):  # LoRA A's init: the same on every rank, run and resume
+            torch.manual_seed(cfg.seed + stage)
+            add_lora(model, lora_spec_from_config(model, s))
     load_adapted_state(model, state["adapted"] if state is not None else adapted)
     pick = (
         head_alignment_params(s.train_embedder, s.train_modulation)
@@ -304,8 +306,8 @@ def run_diffusion_stage(
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(d.device)
-    frozen = frozen_fingerprint(model)
     train = wrap(model, cfg.parallel, d, is_wan_block)
+    frozen = frozen_fingerprint(unwrap(train))
     opt = torch.optim.AdamW(
         [p for p in train.parameters() if p.requires_grad],
         lr=s.lr,
