@@ -289,11 +289,13 @@ def lora_spec_for_config(transformer_config: dict, finetune_cfg) -> LoraSpec:
 
 @torch.no_grad()
 def frozen_fingerprint(model: nn.Module) -> dict[str, tuple[float, float]]:
-    """(sum, sum of squares) in float64 of every frozen parameter (this rank's shard under FSDP): taken at
-    the start and the end of a stage, they show the frozen weights were not touched."""
+    """(sum, sum of squares) in float64 of every frozen parameter (gathered whole under FSDP, a collective):
+    taken at the start and the end of a stage, they show the frozen weights were not touched."""
+    from ..training.ema import full_tensor
+
     out = {}
     for n, p in model.named_parameters():
         if not p.requires_grad:
-            t = (p.to_local() if hasattr(p, "to_local") else p).double()
+            t = full_tensor(p.detach()).double()
             out[n] = (t.sum().item(), t.square().sum().item())
     return out

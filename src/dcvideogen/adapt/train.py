@@ -21,14 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from ..errors import DCVGError
 from ..pipelines.conditioning import first_frames_mask
 from ..training.checkpoint import load_checkpoint, resolve_resume
-from ..training.ema import EMA
+from ..training.ema import EMA, full_tensor
 from ..training.engine import (
-    FULL,
     Dist,
     TrainLoop,
     all_sum,
@@ -46,13 +44,13 @@ from . import align, flow
 from .config import STAGES, AdaptConfig, save_config, to_dict
 from .data import LatentCache, make_cache_loader
 from .model import (
-    adapted_state,
     add_lora,
     build_adapted_transformer,
     count_parameters,
     finetune_params,
     frozen_fingerprint,
     head_alignment_params,
+    is_adapted,
     is_wan_block,
     load_adapted_state,
     load_base_transformer,
@@ -146,7 +144,7 @@ def heldout_mse(sums: align.LeastSquaresSums, embedder: torch.nn.Conv3d) -> floa
 
 
 def run_align_embedder(cfg: AdaptConfig, ctx: RunContext, state: dict | None) -> dict:
-    """Stage 1a. Returns the adapted state {patch_embedding.weight, .bias} ({} when stopped mid-way)."""
+    """Stage 1a. Returns the adapted state {patch_embedding.weight, .bias} (None when stopped mid-way)."""
     a, d, dims = cfg.align_embedder, ctx.d, ctx.dims
     base_embedder = ctx.base_embedder()
     random_init = new_embedder(dims["in_channels"], dims["dim"], cfg.model.patch_size, cfg.seed)
@@ -172,7 +170,7 @@ def run_align_embedder(cfg: AdaptConfig, ctx: RunContext, state: dict | None) ->
             )
         embedder = run_align_adamw(cfg, ctx, random_init, base_embedder, state)
         if embedder is None:  # stopped mid-stage; checkpointed
-            return {}
+            return None
         metrics["align/train_mse_adamw"] = heldout_mse(train_sums, embedder)
         if held is not None:
             metrics["align/heldout_mse_adamw"] = heldout_mse(held, embedder)
@@ -282,7 +280,7 @@ def plateau_update(
 def run_diffusion_stage(
     name: str, cfg: AdaptConfig, ctx: RunContext, adapted: dict, state: dict | None
 ) -> dict:
-    """Stage 1b (align-head) or 2 (finetune). Returns the adapted state at its end ({} when stopped)."""
+    """Stage 1b (align-head) or 2 (finetune). Returns the adapted state at its end (None when stopped)."""
     d, stage = ctx.d, STAGES.index(name)
     s = cfg.align_head if name == "align-head" else cfg.finetune
     full = name == "finetune" and s.full_finetune
@@ -318,8 +316,9 @@ def run_diffusion_stage(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, warmup, s.steps))
     ema = EMA(model, s.ema_decay, trainable_only=True) if getattr(s, "ema_decay", 0) > 0 else None
 
-    def current() -> dict:  # every rank: gathering shards is collective
-        return adapted_state(model, full, get_model_state_dict(train, options=FULL))
+    def current() -> dict:  # on every rank (gathering FSDP shards is collective), adapted weights only
+        sd = unwrap(train).state_dict()
+        return {k: full_tensor(v).float().cpu().clone() for k, v in sd.items() if is_adapted(k, full)}
 
     loop = ctx.loop(name, s.steps, state, train, opt, sched, ema, current)
     null_text = ctx.cache.null_text().to(d.device)
@@ -367,7 +366,7 @@ def run_diffusion_stage(
             ctx.samples(unwrap(train), name, loop.step)
     ctx.last_reason = loop.finish_reason
     if not loop.finished:
-        return {}
+        return None
     changed = [n for n, v in frozen_fingerprint(unwrap(train)).items() if frozen.get(n) != v]
     assert not changed, f"frozen weights changed in stage {name}: {changed[:3]}"
     ctx.log_metrics({f"{name}/frozen_unchanged": float(len(frozen))}, f"stage {name}: ", ctx.global_step)
@@ -615,10 +614,10 @@ def train_adapt(
                     out = run_align_embedder(cfg, ctx, resuming)
                     if out and cfg.align_embedder.method == "exact":
                         ctx.global_step += 1
-                    out = {**ctx.adapted, **out} if out else {}
+                    out = {**ctx.adapted, **out} if out is not None else None
                 else:
                     out = run_diffusion_stage(name, cfg, ctx, ctx.adapted, resuming)
-                if not out:
+                if out is None:  # stopped by a signal or --stop-after, after a checkpoint
                     break
                 ctx.adapted = out
                 ctx.history.append(

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A DTensor shard gathered into a plain tensor (a collective under FSDP); plain tensors as they are."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
@@ -32,7 +32,7 @@ class EMA:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full (unsharded) float32 weights, on CPU."""
-        return {n: _full(t).cpu() for n, t in self.shadow.items()}
+        return {n: full_tensor(t).cpu() for n, t in self.shadow.items()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
