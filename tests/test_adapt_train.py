@@ -197,3 +197,64 @@ def test_two_gloo_processes_equal_one_with_the_same_global_batch(t2v, tmp_path, 
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+# ---- I2V and the command line ----------------------------------------------------------------------------------
+
+
+def test_i2v_end_to_end_with_68_channel_input(tmp_path, clips):
+    """Cache (both condition latents + CLIP features), the three stages with I2V sample videos, fused export,
+    and generation from an image with the exported pipeline."""
+    from dcvideogen.adapt.export import export_run
+    from dcvideogen.pipelines.loading import load_pipeline
+
+    from pipeline_parts import sample_image
+
+    base = make_wan_base(tmp_path / "base", "i2v")
+    source = make_captioned_clips(tmp_path / "clips", clips, n=3)
+    cfg = tiny_adapt_config(tmp_path, base, source, task="i2v")
+    cfg = configure(cfg, **{**STEPS, **FAST, "align_head.steps": 2, "finetune.steps": 2, "val_every": 2})
+    build_cache(cfg)
+    train_adapt(cfg, tmp_path / "run")
+    assert read_adapted(tmp_path / "run").transformer_config["in_channels"] == 68
+    assert len(list((tmp_path / "run" / "samples").glob("*.mp4"))) >= 2
+    out = export_run(tmp_path / "run", tmp_path / "pipe", fuse=True)
+    pipe = load_pipeline(out, dtype=torch.float32)
+    video = pipe(
+        image=sample_image(), prompt="a red car", num_frames=8, height=64, width=64, num_inference_steps=2
+    ).frames[0]
+    assert video.shape == (8, 64, 64, 3)
+
+
+def test_command_line_cache_train_export_generate(t2v, tmp_path, monkeypatch):
+    import yaml
+
+    from dcvideogen.adapt.config import to_dict
+    from dcvideogen.cli.main import main
+
+    data = to_dict(cfg_for(t2v, **{"align_head.steps": 1, "finetune.steps": 1}))
+    data["data"]["cache"] = str(tmp_path / "cache")
+    (tmp_path / "adapt.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    assert main(["adapt", "cache", "--config", "adapt.yaml"]) == 0
+    assert main(["adapt", "train", "--config", "adapt.yaml", "--out", "run"]) == 0
+    assert main(["adapt", "train", "--config", "adapt.yaml", "--out", "run"]) == 2  # has checkpoints
+    assert main(["adapt", "export", "run", "pipe", "--fuse"]) == 0
+    gen = ["generate", "--model", "pipe", "--prompt", "a red car", "--out", "car.mp4", "--frames", "8"]
+    gen += ["--height", "64", "--width", "64", "--steps", "2", "--device", "cpu", "--dtype", "float32"]
+    assert main(gen) == 0 and (tmp_path / "car.mp4").stat().st_size > 0
+
+
+def test_bad_inputs_fail_in_one_line_before_training(t2v, tmp_path):
+    i2v_on_t2v = cfg_for(t2v)
+    i2v_on_t2v.model.task = "i2v"
+    with pytest.raises(DCVGError, match="t2v cache"):
+        train_adapt(i2v_on_t2v, tmp_path / "x")
+    no_base = cfg_for(t2v)
+    no_base.model.base = str(tmp_path)
+    with pytest.raises(DCVGError, match="not a Wan model folder"):
+        train_adapt(no_base, tmp_path / "y")
+    other_frames = cfg_for(t2v, **{"data.num_frames": 16})
+    with pytest.raises(DCVGError, match="num_frames"):
+        train_adapt(other_frames, tmp_path / "z")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()

@@ -97,7 +97,12 @@ class DCVideoGenImageToVideoPipeline(DCVideoGenMixin, WanImageToVideoPipeline):
 
     def check_components(self) -> None:
         super().check_components()
-        if self.uses_image_features and (self.image_encoder is None or self.image_processor is None):
+        given = getattr(self, "_image_embeds_given", False)  # CLIP features passed in: no encoder needed
+        if (
+            self.uses_image_features
+            and not given
+            and (self.image_encoder is None or self.image_processor is None)
+        ):
             raise DCVGError(
                 "the I2V transformer takes CLIP image features (image_dim "
                 f"{self.transformer.config.image_dim}) but the pipeline has no image_encoder/image_processor; "
@@ -197,6 +202,7 @@ class DCVideoGenImageToVideoPipeline(DCVideoGenMixin, WanImageToVideoPipeline):
         Returns:
             `WanPipelineOutput` with `.frames`, or `(frames,)`. Seconds per phase are in `self.timings`.
         """
+        self._image_embeds_given = image_embeds is not None
         callback_on_step_end_tensor_inputs = self._start_call(
             guidance_scale, attention_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs
         )
