@@ -5,6 +5,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
+from adapt_parts import tiny_wan_transformer
 from dcvideogen.adapt import align, flow
 from dcvideogen.adapt.model import (
     LoraSpec,
@@ -24,20 +25,7 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
 
 def tiny_base(in_channels=16, image_dim=None):
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=in_channels,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=16,
-        ffn_dim=32,
-        num_layers=2,
-        rope_max_seq_len=32,
-        image_dim=image_dim,
-        added_kv_proj_dim=16 if image_dim else None,
-    )
+    return tiny_wan_transformer("i2v" if in_channels == 36 else "t2v")
 
 
 def test_patch_rows_match_the_conv3d_embedder():

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
+from diffusers import WanTransformer3DModel
 from safetensors import safe_open
 
+from adapt_parts import make_wan_base
 from dcvideogen.adapt.export import (
     ADAPTER_CONFIG,
     LORA_FILE,
@@ -34,17 +35,11 @@ from dcvideogen.adapt.model import (
 from dcvideogen.adapt.result import AdaptedResult, write_adapted
 from dcvideogen.errors import DCVGError
 from dcvideogen.models.dcae_v import AutoencoderDCV
-from dcvideogen.pipelines.clip import wan_clip_image_processor
 from dcvideogen.pipelines.loading import load_pipeline
 
 from pipeline_parts import (
     CLIP_DIM,
-    CLIP_IMAGE,
     TEXT_DIM,
-    scheduler,
-    tiny_clip,
-    tiny_text_encoder,
-    tiny_tokenizer,
 )
 
 LATENT = 32  # dc-ae-v-f32t4c32-tiny
@@ -60,47 +55,7 @@ F32 = torch.float32
 
 def tiny_wan_base(root: Path, task: str) -> Path:
     """A diffusers Wan pipeline folder (T2V: in 16; I2V: in 36 + CLIP features) of tiny parts."""
-    torch.manual_seed(1)
-    i2v = task == "i2v"
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=36 if i2v else 16,
-        out_channels=16,
-        text_dim=TEXT_DIM,
-        freq_dim=16,
-        ffn_dim=32,
-        num_layers=2,
-        rope_max_seq_len=32,
-        image_dim=CLIP_DIM if i2v else None,
-        added_kv_proj_dim=16 if i2v else None,
-    )
-    vae = AutoencoderKLWan(
-        base_dim=8,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 16,
-        latents_std=[1.0] * 16,
-    )
-    tokenizer = tiny_tokenizer()
-    parts = dict(
-        tokenizer=tokenizer,
-        text_encoder=tiny_text_encoder(len(tokenizer)),
-        vae=vae,
-        scheduler=scheduler(),
-        transformer=transformer,
-    )
-    if i2v:
-        pipe = WanImageToVideoPipeline(
-            image_encoder=tiny_clip(), image_processor=wan_clip_image_processor(CLIP_IMAGE), **parts
-        )
-    else:
-        pipe = WanPipeline(**parts)
-    pipe.save_pretrained(root)
-    return root
+    return make_wan_base(root, task, seed=1)
 
 
 def fake_run(root: Path, base: Path, autoencoder: Path, task: str, lora: bool = True):

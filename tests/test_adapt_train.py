@@ -74,6 +74,7 @@ def test_three_stages_train_what_each_should(full_run):
     # frozen weights verified unchanged at the end of 1b and 2; validation loss logged; sample videos written
     assert merged["align-head/frozen_unchanged"] > 0 and merged["finetune/frozen_unchanged"] > 0
     assert "val/loss" in merged and len(list((run / "samples").glob("*.mp4"))) >= 2
+    assert (run / "val_loss.png").stat().st_size > 0
     result = read_adapted(run)
     lora = [k for k in result.state if "lora_" in k]
     others = sorted(k for k in result.state if "lora_" not in k)

@@ -45,6 +45,7 @@ from .model import (
     add_lora,
     base_task,
     build_adapted_transformer,
+    check_adapted_fits,
     is_lora,
     load_adapted_state,
     load_base_transformer,
@@ -268,15 +269,7 @@ def split_adapted_state(
     with torch.device("meta"):
         model = WanTransformer3DModel.from_config(config)
     add_lora(model, result.lora)
-    own = model.state_dict()
-    bad = [k for k in result.state if k not in own or own[k].shape != result.state[k].shape]
-    if bad:
-        k = bad[0]
-        have = tuple(own[k].shape) if k in own else "missing"
-        raise DCVGError(
-            f"adapted weight {k!r} {tuple(result.state[k].shape)} does not fit the model ({have}); the run was "
-            "made with another base model or LoRA setting"
-        )
+    check_adapted_fits(model.state_dict(), result.state)
     lora = {k: v for k, v in result.state.items() if is_lora(k)}
     modules = {k: v.contiguous() for k, v in result.state.items() if not is_lora(k)}
     if any(".base_layer." in k for k in modules):

@@ -169,10 +169,8 @@ def adapted_state(model: nn.Module, full: bool = False, state: dict | None = Non
     return {k: v.detach().float().cpu().clone() for k, v in state.items() if is_adapted(k, full)}
 
 
-def load_adapted_state(model: nn.Module, adapted: dict[str, torch.Tensor]) -> None:
-    """Copy an adapted state into a model built by `build_adapted_transformer` (+ `add_lora` when it has LoRA
-    weights); every key must exist with the same shape."""
-    own = model.state_dict()
+def check_adapted_fits(own: dict, adapted: dict) -> None:
+    """DCVGError unless every adapted weight exists in the model's state `own` with the same shape."""
     bad = [k for k in adapted if k not in own or own[k].shape != adapted[k].shape]
     if bad:
         k = bad[0]
@@ -181,6 +179,13 @@ def load_adapted_state(model: nn.Module, adapted: dict[str, torch.Tensor]) -> No
             f"adapted weight {k!r} {tuple(adapted[k].shape)} does not fit the model ({have}); the run was made "
             "with another base model, autoencoder or LoRA setting"
         )
+
+
+def load_adapted_state(model: nn.Module, adapted: dict[str, torch.Tensor]) -> None:
+    """Copy an adapted state into a model built by `build_adapted_transformer` (+ `add_lora` when it has LoRA
+    weights); every key must exist with the same shape."""
+    own = model.state_dict()
+    check_adapted_fits(own, adapted)
     with torch.no_grad():
         for k, v in adapted.items():
             own[k].copy_(v)

@@ -38,7 +38,7 @@ from ..training.engine import (
     unwrap,
     wrap,
 )
-from ..training.runlog import RunLog
+from ..training.runlog import RunLog, plot_metric
 from ..utils.atomic import atomic_file
 from . import align, flow
 from .config import STAGES, AdaptConfig, save_config, to_dict
@@ -364,6 +364,10 @@ def run_diffusion_stage(
                 validation_loss(unwrap(train), cfg, ctx), f"{name} step {loop.step}: ", ctx.global_step
             )
             ctx.samples(unwrap(train), name, loop.step)
+            if d.main:  # held-out loss across the run's stages, by global step
+                plot_metric(
+                    ctx.run_dir, "val/loss", ctx.run_dir / "val_loss.png", "held-out flow-matching loss"
+                )
     ctx.last_reason = loop.finish_reason
     if not loop.finished:
         return None

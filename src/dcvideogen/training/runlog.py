@@ -36,3 +36,31 @@ class RunLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def plot_metric(run_dir: Path, key: str, out: Path, title: str = "") -> Path | None:
+    """A PNG of `key` against the logged step from the run's log.jsonl (None without matplotlib or data)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    points = []
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if key in row and isinstance(row[key], (int, float)):
+            points.append((row["step"], row[key]))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points), marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(title or key)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
