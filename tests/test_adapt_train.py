@@ -16,6 +16,7 @@ from dcvideogen.adapt.data import build_cache
 from dcvideogen.adapt.result import read_adapted
 from dcvideogen.adapt.train import train_adapt
 from dcvideogen.errors import DCVGError
+from dcvideogen.models.dcae_v import AutoencoderDCV
 
 STEPS = {"align_head.steps": 4, "finetune.steps": 4, "finetune.lora_rank": 4, "finetune.lora_alpha": 8.0}
 FAST = {"precision": "fp32", "tensorboard": False, "checkpoint_every": 2, "log_every": 1, "val_every": 100}
@@ -258,4 +259,27 @@ def test_bad_inputs_fail_in_one_line_before_training(t2v, tmp_path):
     other_frames = cfg_for(t2v, **{"data.num_frames": 16})
     with pytest.raises(DCVGError, match="num_frames"):
         train_adapt(other_frames, tmp_path / "z")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+    other_ae = cfg_for(t2v)
+    AutoencoderDCV.from_preset("dc-ae-v-f32t4c32-tiny", latent_channels=16).save_pretrained(tmp_path / "ae16")
+    other_ae.model.autoencoder = str(tmp_path / "ae16")
+    with pytest.raises(DCVGError, match="16 latent channels"):
+        train_adapt(other_ae, tmp_path / "w")
+    assert not any((tmp_path / n).exists() for n in ("x", "y", "z", "w"))
+
+
+def test_non_finite_losses_are_skipped_and_counted(t2v, tmp_path, monkeypatch):
+    from dcvideogen.adapt import flow
+
+    real, calls = flow.flow_loss, {"n": 0}
+
+    def sometimes_nan(pred, target):
+        calls["n"] += 1
+        loss = real(pred, target)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(flow, "flow_loss", sometimes_nan)
+    cfg = cfg_for(t2v, **{"align_embedder.enabled": False, "finetune.enabled": False, "align_head.steps": 3})
+    train_adapt(cfg, tmp_path / "nan")
+    rows = [json.loads(line) for line in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
+    assert max(r.get("align-head/train/bad_steps", 0) for r in rows) == 1
+    assert max(r.get("align-head/step", 0) for r in rows) == 3  # the skipped step was not counted

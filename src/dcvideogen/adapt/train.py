@@ -542,6 +542,7 @@ class RunContext:
 
 def check_run(cfg: AdaptConfig, cache, state: dict | None, ckpt: Path | None) -> dict:
     """Fail before heavy work: the base, the cache and a resumed run must fit this config. Returns the dims."""
+    from ..models.dcae_v.loading import latent_channels_of
     from .model import adapted_config, transformer_folder
 
     base_cfg = json.loads((transformer_folder(cfg.model.base) / "config.json").read_text())
@@ -556,6 +557,12 @@ def check_run(cfg: AdaptConfig, cache, state: dict | None, ckpt: Path | None) ->
                 f"{cfg.data.cache}: cached with data.{key}={fp.get(key)}, config says {getattr(cfg.data, key)}; run dcvg adapt cache with this config or fix data.{key}"
             )
     z = int(fp["latent_channels"])
+    ae_channels = latent_channels_of(cfg.model.autoencoder)
+    if ae_channels != z:
+        raise DCVGError(
+            f"model.autoencoder={cfg.model.autoencoder} has {ae_channels} latent channels but {cfg.data.cache} "
+            f"was encoded with a {z}-channel DC-AE-V; cache again with this autoencoder or name the cache's"
+        )
     new = adapted_config(base_cfg, z, cfg.model.task, cfg.model.patch_size)  # raises on a T2V/I2V mismatch
     want_base_in = int(fp["wan_channels"]) * (2 if cfg.model.task == "i2v" else 1) + (
         4 if cfg.model.task == "i2v" else 0

@@ -99,3 +99,22 @@ def _from_folder(folder: Path, chunk_size: int | None = None) -> AutoencoderDCV:
         raise CheckpointError(
             f"{folder}: cannot load the weights ({first}); re-create the folder with dcvg convert"
         ) from e
+
+
+def latent_channels_of(spec: str | Path | None) -> int:
+    """The latent channels of the DC-AE-V `spec` names, read from its config (a folder, the default) or
+    its tensor shapes (an official file), without building the model."""
+    if spec is None or str(spec) == "default":
+        folder = default_model_dir()
+    else:
+        folder = Path(spec)
+    if folder.is_dir():
+        try:
+            return int(json.loads((folder / "config.json").read_text())["latent_channels"])
+        except (OSError, KeyError, ValueError) as e:
+            raise DCVGError(f"{folder}: no readable config.json with latent_channels ({e})") from e
+    if folder.is_file():
+        from .official import infer_config, read_official_checkpoint
+
+        return infer_config(read_official_checkpoint(folder)).latent_channels
+    return get_preset(str(spec) if str(spec).startswith("dc-ae-v-") else f"dc-ae-v-{spec}").latent_channels
