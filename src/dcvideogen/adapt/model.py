@@ -95,15 +95,21 @@ def adapted_config(base_config: dict, latent_channels: int, task: str, patch_siz
     return cfg
 
 
-def init_new_modules(model: nn.Module, generator: torch.Generator | None = None) -> None:
-    """The new embedder xavier-uniform (as the authors' stage 1a), bias 0; the new output Linear zero, so the
-    adapted model starts by predicting 0 (the authors' assembly, FACTS section 6)."""
+def xavier_embedder_(conv: nn.Conv3d, generator: torch.Generator | None = None) -> nn.Conv3d:
+    """A new patch embedder's init, in place: xavier-uniform weight (as the authors' stage 1a), bias 0."""
     with torch.no_grad():
-        w = model.patch_embedding.weight  # (D, C, pt, ph, pw)
-        fan_in, fan_out = w[0].numel(), w.shape[0]
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        w = conv.weight  # (D, C, pt, ph, pw)
+        bound = math.sqrt(6.0 / (w[0].numel() + w.shape[0]))
         w.copy_(torch.rand(w.shape, generator=generator) * 2 * bound - bound)
-        model.patch_embedding.bias.zero_()
+        conv.bias.zero_()
+    return conv
+
+
+def init_new_modules(model: nn.Module, generator: torch.Generator | None = None) -> None:
+    """The new embedder xavier-uniform, the new output Linear zero, so the adapted model starts by
+    predicting 0 (the authors' assembly, FACTS section 6)."""
+    xavier_embedder_(model.patch_embedding, generator)
+    with torch.no_grad():
         model.proj_out.weight.zero_()
         model.proj_out.bias.zero_()
 

@@ -1,0 +1,218 @@
+"""What every stage of one AE-Adapt-V run shares (`RunContext`): config, ranks, cache, logs, the global
+step and its budget, checkpoints (the adapted state + the interrupted stage's optimiser state + the stage
+history), sample videos through the project's pipelines; and `check_run`, the checks that fail before any
+heavy work (base model, cache, autoencoder, a resumed run's config).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..errors import DCVGError
+from ..models.dcae_v.loading import latent_channels_of
+from ..training.engine import Dist, TrainLoop, autocast, save_run_state
+from ..training.runlog import RunLog
+from .config import AdaptConfig, to_dict
+from .model import adapted_config, load_base_embedder, load_base_transformer, transformer_folder
+
+logger = logging.getLogger("dcvg.adapt")
+
+
+class RunContext:
+    """What every stage of one run shares: config, ranks, cache, logs, the global step and its budget, and
+    the checkpoint writer."""
+
+    def __init__(self, cfg: AdaptConfig, d: Dist, run_dir: Path, cache, dims: dict, stop, stop_after, state):
+        self.cfg, self.d, self.run_dir, self.cache, self.dims, self.stop = cfg, d, run_dir, cache, dims, stop
+        self.train_idx, self.val_idx = cache.split(cfg.data.holdout)
+        self.amp = autocast(d, cfg.precision)
+        self.log = RunLog(run_dir, cfg.tensorboard) if d.main else None
+        self.global_step = int(state["global_step"]) if state else 0
+        self.stop_at = None if stop_after is None else self.global_step + stop_after
+        self.history: list[dict] = list(state["history"]) if state else []
+        self.adapted: dict = dict(state["adapted"]) if state and state["finished"] else {}
+        if state and not state["finished"]:  # the stages before the interrupted one
+            self.adapted = dict(state.get("handed_over", {}))
+        self.last_reason = "budget"
+        self._pipe = None
+
+    # -- models --
+    def base(self):
+        return load_base_transformer(self.cfg.model.base)
+
+    def base_embedder(self) -> torch.nn.Conv3d:
+        return load_base_embedder(self.cfg.model.base)
+
+    # -- logs --
+    def log_metrics(self, metrics: dict, prefix: str = "", step: int | None = None) -> None:
+        if self.log is not None:
+            self.log.log(self.global_step if step is None else step, metrics)
+            logger.info(prefix + " ".join(f"{k.split('/')[-1]} {v:.5g}" for k, v in metrics.items()))
+
+    def log_text(self, message: str) -> None:
+        if self.d.main:
+            logger.info(message)
+
+    # -- checkpoints --
+    def budget_spent(self) -> bool:
+        return self.stop_at is not None and self.global_step >= self.stop_at
+
+    def checkpoint(self, stage: str, finished: bool, adapted: dict, phase: dict | None = None) -> None:
+        state = {
+            "stage": stage,
+            "finished": finished,
+            "global_step": self.global_step,
+            "adapted": adapted,
+            "handed_over": self.adapted,
+            "history": self.history,
+            "config": to_dict(self.cfg),
+            **(phase or {"stage_step": 0}),
+        }
+        save_run_state(
+            self.run_dir / "checkpoints", self.global_step, state, self.d, self.cfg.keep_checkpoints
+        )
+
+    def loop(self, name, steps, state, train, opt, sched, ema, current) -> TrainLoop:
+        def checkpoint(loop: TrainLoop) -> None:
+            self.checkpoint(name, False, current(), loop.state())
+
+        def log(step: int, metrics: dict) -> None:
+            self.global_step_log(name, step, metrics)
+
+        loop = TrainLoop(
+            name=name,
+            steps=steps,
+            d=self.d,
+            train_model=train,
+            opt=opt,
+            sched=sched,
+            ema=ema,
+            stop=self.stop,
+            checkpoint=checkpoint,
+            log=log,
+            log_every=self.cfg.log_every,
+            checkpoint_every=self.cfg.checkpoint_every,
+            max_bad_steps=self.cfg.max_bad_steps,
+            budget=self.budget_spent,
+            state=state,
+            where=self.run_dir / "checkpoints",
+        )
+        original = loop.step_optimizer
+
+        def step_optimizer(grad_clip: float = 0.0) -> bool:  # the run's global step moves with the stage's
+            stepped = original(grad_clip)
+            self.global_step += int(stepped)
+            return stepped
+
+        loop.step_optimizer = step_optimizer
+        return loop
+
+    def global_step_log(self, name: str, step: int, metrics: dict) -> None:
+        if self.log is not None:
+            self.log.log(
+                self.global_step, {**{f"{name}/{k}": v for k, v in metrics.items()}, f"{name}/step": step}
+            )
+            logger.info(
+                f"{name} step {step} loss {metrics['train/loss']:.5f} lr {metrics['train/lr']:.2e} {metrics['perf/samples_per_s']:.2f} samples/s"
+            )
+
+    # -- sample videos --
+    @torch.no_grad()
+    def samples(self, model, stage: str, step: int) -> None:
+        """Videos of the cached validation prompts (fixed seeds) through the project's own pipeline."""
+        prompts = self.cache.val_prompts()
+        if not prompts:
+            return
+        from ..video import VideoWriter
+
+        pipe = self._pipeline(model)
+        cfg = self.cfg
+        for i, item in enumerate(prompts):
+            call = dict(
+                prompt_embeds=item["text"][None].to(self.d.device, model.dtype),
+                negative_prompt_embeds=self.cache.null_text()[None].to(self.d.device, model.dtype),
+                num_frames=cfg.data.num_frames,
+                height=cfg.data.height,
+                width=cfg.data.width,
+                num_inference_steps=cfg.val_steps,
+                guidance_scale=cfg.val_guidance,
+                generator=torch.Generator().manual_seed(cfg.seed + i),
+                output_type="pt",
+            )
+            if cfg.model.task == "i2v":  # image (3, H, W) in [-1, 1] and its CLIP features
+                image = item["image"][None].add(1).div(2)
+                call.update(image=image, image_embeds=item["image_embeds"][None].to(self.d.device))
+            with self.amp:
+                video = pipe(**call).frames[0]  # (T, 3, H, W) in [0, 1]
+            if self.d.main:
+                folder = self.run_dir / "samples"
+                folder.mkdir(parents=True, exist_ok=True)
+                with VideoWriter(folder / f"{stage}-{step:07d}-{i}.mp4", 16.0) as w:
+                    w.write(video.permute(1, 0, 2, 3) * 2 - 1)  # (3, T, H, W) in [-1, 1]
+                if self.log is not None and self.log.tb is not None:
+                    self.log.tb.add_images(
+                        f"samples/{i}", video[:: max(1, video.shape[0] // 4)], self.global_step
+                    )
+        model.train()
+
+    def _pipeline(self, model):
+        from diffusers import UniPCMultistepScheduler
+
+        from ..models.dcae_v.loading import load_autoencoder
+        from ..pipelines import DCVideoGenImageToVideoPipeline, DCVideoGenPipeline
+
+        if self._pipe is None:
+            ae = load_autoencoder(self.cfg.model.autoencoder, device=self.d.device)
+            sched = UniPCMultistepScheduler(
+                prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=self.cfg.flow.shift
+            )
+            cls = DCVideoGenPipeline if self.cfg.model.task == "t2v" else DCVideoGenImageToVideoPipeline
+            self._pipe = cls(tokenizer=None, text_encoder=None, vae=ae, scheduler=sched, transformer=model)
+            self._pipe.set_progress_bar_config(disable=True)
+        self._pipe.transformer = model
+        return self._pipe
+
+
+def check_run(cfg: AdaptConfig, cache, state: dict | None, ckpt: Path | None) -> dict:
+    """Fail before heavy work: the base, the cache and a resumed run must fit this config. Returns the dims."""
+
+    base_cfg = json.loads((transformer_folder(cfg.model.base) / "config.json").read_text())
+    fp = cache.fingerprint
+    if fp.get("task") != cfg.model.task:
+        raise DCVGError(
+            f"{cfg.data.cache}: a {fp.get('task')} cache, but model.task={cfg.model.task}; cache again for {cfg.model.task}"
+        )
+    for key in ("num_frames", "height", "width", "pairing"):
+        if fp.get(key) != getattr(cfg.data, key):
+            raise DCVGError(
+                f"{cfg.data.cache}: cached with data.{key}={fp.get(key)}, config says {getattr(cfg.data, key)}; run dcvg adapt cache with this config or fix data.{key}"
+            )
+    z = int(fp["latent_channels"])
+    ae_channels = latent_channels_of(cfg.model.autoencoder)
+    if ae_channels != z:
+        raise DCVGError(
+            f"model.autoencoder={cfg.model.autoencoder} has {ae_channels} latent channels but {cfg.data.cache} "
+            f"was encoded with a {z}-channel DC-AE-V; cache again with this autoencoder or name the cache's"
+        )
+    new = adapted_config(base_cfg, z, cfg.model.task, cfg.model.patch_size)  # raises on a T2V/I2V mismatch
+    want_base_in = int(fp["wan_channels"]) * (2 if cfg.model.task == "i2v" else 1) + (
+        4 if cfg.model.task == "i2v" else 0
+    )
+    if base_cfg["in_channels"] != want_base_in:
+        raise DCVGError(
+            f"{cfg.model.base}: the transformer takes {base_cfg['in_channels']} channels but the cache's Wan latents have {fp['wan_channels']}; cache with this base model"
+        )
+    if state is not None:
+        saved = state["config"]
+        for section in ("model", "data"):
+            for k, v in saved[section].items():
+                if k not in ("workers", "val_prompts", "val_images") and to_dict(cfg)[section].get(k) != v:
+                    raise DCVGError(
+                        f"{ckpt}: the run was made with {section}.{k}={v!r}, this config has {to_dict(cfg)[section].get(k)!r}; resume with the run's own config ({ckpt.parent.parent / 'config.yaml'}) or start a new --out"
+                    )
+    dim = base_cfg["num_attention_heads"] * base_cfg["attention_head_dim"]
+    return {"latent_channels": z, "in_channels": new["in_channels"], "dim": dim, "transformer_config": new}
