@@ -283,3 +283,70 @@ def test_non_finite_losses_are_skipped_and_counted(t2v, tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
     assert max(r.get("align-head/train/bad_steps", 0) for r in rows) == 1
     assert max(r.get("align-head/step", 0) for r in rows) == 3  # the skipped step was not counted
+
+
+def test_gradient_accumulation_equals_the_larger_batch(t2v, tmp_path):
+    steps = {"align_embedder.enabled": False, "finetune.enabled": False, "align_head.steps": 2}
+    big = cfg_for(t2v, **steps, **{"align_head.batch_size": 2})
+    accum = cfg_for(t2v, **steps, **{"align_head.batch_size": 1, "align_head.grad_accum": 2})
+    train_adapt(big, tmp_path / "big")
+    train_adapt(accum, tmp_path / "accum")
+    a, b = read_adapted(tmp_path / "big").state, read_adapted(tmp_path / "accum").state
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_a_wan_2_2_style_base_adapts_through_the_same_code(tmp_path, clips):
+    """Wan 2.2's VAE (2x2 patchify, 16x in space, its own channel count) as the base latent: the cache, the
+    stage 1a pooling (base grid = new grid here) and the stages run unchanged."""
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+
+    from pipeline_parts import scheduler, tiny_text_encoder, tiny_tokenizer
+
+    torch.manual_seed(0)
+    z = 6
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=z,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+        latents_mean=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        latents_std=[1.0, 2.0, 0.5, 1.5, 1.0, 3.0],
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=z,
+        out_channels=z,
+        text_dim=32,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+    tokenizer = tiny_tokenizer()
+    WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=tiny_text_encoder(len(tokenizer)),
+        vae=vae,
+        scheduler=scheduler(),
+        transformer=transformer,
+    ).save_pretrained(tmp_path / "wan22")
+    source = make_captioned_clips(tmp_path / "clips", clips, n=3)
+    cfg = tiny_adapt_config(tmp_path, tmp_path / "wan22", source)
+    cfg = configure(cfg, **{**STEPS, **FAST, "align_head.steps": 1, "finetune.steps": 1})
+    build_cache(cfg)
+    assert train_adapt(cfg, tmp_path / "run") is not None
+    log = {
+        k: v
+        for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+        for k, v in json.loads(line).items()
+    }
+    assert log["align/heldout_mse_exact"] < log["align/heldout_mse_random"]
