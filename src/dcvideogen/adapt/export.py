@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import DCVGError
+from ..errors import DCVGError, first_line
 from ..models.dcae_v.loading import load_autoencoder
 from ..pipelines import DCVideoGenImageToVideoPipeline, DCVideoGenPipeline
 from ..pipelines.loading import PIPELINES
@@ -191,7 +191,7 @@ def _load_base_part(base: Path, name: str, index: dict, dtype: torch.dtype):
     try:
         part = cls.from_pretrained(base / name, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise DCVGError(f"{base / name}: cannot load the {class_name} ({first}); re-download the base") from e
     return part.eval() if isinstance(part, torch.nn.Module) else part
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import DCVGError
+from ..errors import DCVGError, first_line
 from ..pipelines.conditioning import expected_transformer_channels
 
 EMBEDDER = "patch_embedding."
@@ -65,7 +65,7 @@ def load_base_transformer(base: str | Path, dtype: torch.dtype = torch.float32):
     try:
         return WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype).eval()
     except (OSError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise DCVGError(f"{folder}: cannot load the Wan transformer ({first})") from e
 
 

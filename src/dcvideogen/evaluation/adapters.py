@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import DCVGError
+from ..errors import DCVGError, first_line
 from ..models.dcae_v import AutoencoderDCV
 from ..models.dcae_v.loading import load_autoencoder
 
@@ -354,7 +354,7 @@ def load_video_autoencoder(
         try:
             model = getattr(diffusers, cls).from_pretrained(path, torch_dtype=dtype)
         except (OSError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise DCVGError(f"{path}: cannot load the {cls} ({first})") from e
         return DIFFUSERS_ADAPTERS[cls](model.to(device), name=_display_name(path))
     if cls in (None, "AutoencoderDCV"):

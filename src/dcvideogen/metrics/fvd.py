@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DCVGError
+from ..errors import DCVGError, first_line
 from ..utils.hashing import file_sha256
 from ..video.transforms import resize_center_crop
 from .frechet import FeatureStats, frechet_distance_of
@@ -43,7 +43,7 @@ class I3DDetector:
         try:
             self.model = torch.jit.load(str(self.path), map_location=device).eval()
         except (RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise DCVGError(
                 f"{self.path}: not a TorchScript detector ({first}); give StyleGAN-V's i3d_torchscript.pt"
             ) from e

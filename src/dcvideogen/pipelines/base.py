@@ -76,7 +76,7 @@ class DCVideoGenMixin:
         path = Path(str(pretrained_model_name_or_path))
         if not path.is_dir() or (path / "model_index.json").is_file():
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        from .loading import load_pipeline
+        from .folders import inspect_model_folder, released_parts
 
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or torch.bfloat16
         ae_chunk_size = kwargs.pop("ae_chunk_size", None)
@@ -84,7 +84,9 @@ class DCVideoGenMixin:
             raise TypeError(f"{sorted(kwargs)}: not supported when loading the released layout from {path}")
         if isinstance(dtype, dict):
             dtype = dtype.get("default", torch.bfloat16)
-        return load_pipeline(path, cls.task, dtype=dtype, ae_chunk_size=ae_chunk_size)
+        folder = inspect_model_folder(path, cls.task)
+        folder.check(ae_chunk_size)
+        return cls(**released_parts(folder, dtype, ae_chunk_size=ae_chunk_size))
 
     # ---- checks -------------------------------------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import DCVGError
+from ...errors import DCVGError, first_line
 from .autoencoder import AutoencoderDCV
 from .config import PRESETS, get_preset
 from .official import CheckpointError, load_official
@@ -95,7 +95,7 @@ def _from_folder(folder: Path, chunk_size: int | None = None) -> AutoencoderDCV:
     try:
         return AutoencoderDCV.from_pretrained(folder, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(
             f"{folder}: cannot load the weights ({first}); re-create the folder with dcvg convert"
         ) from e
