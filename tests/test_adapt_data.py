@@ -25,12 +25,12 @@ from adapt_parts import (
     tiny_adapt_config,
     write_image,
 )
-from dcvideogen.adapt import data as adapt_data
+from dcvideogen.adapt import cache as adapt_cache
+from dcvideogen.adapt.cache import build_cache
 from dcvideogen.adapt.data import (
     CacheStream,
     ClipRecord,
     LatentCache,
-    build_cache,
     collate,
     find_clips,
     make_cache_loader,
@@ -155,7 +155,7 @@ def no_models(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was about to be loaded")
 
-    monkeypatch.setattr(adapt_data, "Encoders", refuse)
+    monkeypatch.setattr(adapt_cache, "Encoders", refuse)
 
 
 # ---- captioned clips ------------------------------------------------------------------------------------
@@ -353,8 +353,8 @@ def test_new_val_prompts_rewrite_only_the_extras(t2v_cfg, t2v_cache, tmp_path, m
     def refuse(*args, **kwargs):
         raise AssertionError("an autoencoder was loaded")
 
-    monkeypatch.setattr(adapt_data, "load_autoencoder", refuse)
-    monkeypatch.setattr(adapt_data.AutoencoderKLWan, "from_pretrained", refuse)
+    monkeypatch.setattr(adapt_cache, "load_autoencoder", refuse)
+    monkeypatch.setattr(adapt_cache.AutoencoderKLWan, "from_pretrained", refuse)
     cfg = copy.deepcopy(t2v_cfg)
     cfg.data.cache, cfg.data.val_prompts = str(folder), ["the log at night"]
     assert build_cache(cfg).shards_written == []

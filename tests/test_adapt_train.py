@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from adapt_parts import make_captioned_clips, make_wan_base, tiny_adapt_config
-from dcvideogen.adapt.data import build_cache
+from dcvideogen.adapt.cache import build_cache
 from dcvideogen.adapt.result import read_adapted
 from dcvideogen.adapt.train import train_adapt
 from dcvideogen.errors import DCVGError

@@ -88,8 +88,8 @@ def _quiet_other_ranks() -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from ..adapt.cache import build_cache
     from ..adapt.config import load_adapt_config
-    from ..adapt.data import build_cache
     from ..training.engine import setup_distributed
 
     cfg = load_adapt_config(args.config, args.overrides)
