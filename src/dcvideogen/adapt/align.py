@@ -79,18 +79,19 @@ class LeastSquaresSums:
     """The sufficient statistics of Eq. 2 (float64): G = sum [x;1][x;1]^T, R = sum [x;1] y^T, and what the
     loss at any (W, b) needs: sum |y|^2 and the row count."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, device: torch.device | str = "cpu") -> None:
         k = in_features + 1
-        self.gram = torch.zeros(k, k, dtype=torch.float64)  # (K+1, K+1)
-        self.cross = torch.zeros(k, out_features, dtype=torch.float64)  # (K+1, D)
-        self.target_sq = torch.zeros((), dtype=torch.float64)
-        self.rows = torch.zeros((), dtype=torch.float64)
+        f64 = {"dtype": torch.float64, "device": device}
+        self.gram = torch.zeros(k, k, **f64)  # (K+1, K+1)
+        self.cross = torch.zeros(k, out_features, **f64)  # (K+1, D)
+        self.target_sq = torch.zeros((), **f64)
+        self.rows = torch.zeros((), **f64)
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """x (N, K) new patches, y (N, D) pooled base tokens."""
-        xa = torch.cat([x.double(), x.new_ones(x.shape[0], 1, dtype=torch.float64)], dim=1)  # (N, K+1)
-        y = y.double()
+        x, y = x.to(self.gram.device, torch.float64), y.to(self.gram.device, torch.float64)
+        xa = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # (N, K+1)
         self.gram += xa.T @ xa
         self.cross += xa.T @ y
         self.target_sq += y.square().sum()
@@ -109,11 +110,12 @@ class LeastSquaresSums:
         lam = ridge * self.gram.diagonal()[:k].mean()
         reg.diagonal()[:k] = lam
         sol = torch.linalg.solve(self.gram + reg, self.cross)  # (K+1, D)
-        return sol[:k].T.contiguous(), sol[k].contiguous()
+        return sol[:k].T.contiguous().cpu(), sol[k].contiguous().cpu()
 
     def loss(self, weight: torch.Tensor, bias: torch.Tensor) -> float:
         """Eq. 2's MSE over the accumulated data at (W, b), from the sums alone (no second pass)."""
-        wa = torch.cat([weight.detach().double().T, bias.detach().double()[None]], dim=0)  # (K+1, D)
+        f64 = {"dtype": torch.float64, "device": self.gram.device}
+        wa = torch.cat([weight.detach().to(**f64).T, bias.detach().to(**f64)[None]], dim=0)  # (K+1, D)
         sse = self.target_sq - 2 * (wa * self.cross).sum() + (wa * (self.gram @ wa)).sum()
         return float(sse / (self.rows * weight.shape[0]))
 

@@ -121,11 +121,12 @@ def new_embedder(in_channels: int, dim: int, patch, seed: int) -> torch.nn.Conv3
 
 @torch.no_grad()
 def alignment_sums(cache, indices, base_embedder, embedder, cfg, d: Dist) -> align.LeastSquaresSums:
-    """G and R of Eq. 2 over `indices` (this rank's share, then all-reduced)."""
+    """G and R of Eq. 2 over `indices` (this rank's share, on its device, then all-reduced)."""
     patch = tuple(embedder.kernel_size)
-    sums = align.LeastSquaresSums(embedder.weight[0].numel(), embedder.out_channels)
+    sums = align.LeastSquaresSums(embedder.weight[0].numel(), embedder.out_channels, d.device)
+    base_embedder = base_embedder.to(d.device)
     for i in indices[d.rank :: d.world]:
-        batch = {k: v[None] if torch.is_tensor(v) else v for k, v in cache[i].items()}
+        batch = to_device({k: v[None] if torch.is_tensor(v) else v for k, v in cache[i].items()}, d.device)
         x, target = alignment_pair(batch, base_embedder, patch, cfg)
         sums.add(align.patch_rows(x.double(), patch), align.token_rows(target))
     for t in sums.tensors():
