@@ -230,3 +230,20 @@ def test_load_errors(tmp_path, monkeypatch):
     monkeypatch.setattr("dcvideogen.models.dcae_v.loading.default_model_dir", lambda: tmp_path / "nothing")
     with pytest.raises(DCVGError, match="bundled default model is missing"):
         load_video_autoencoder("default")
+
+
+def test_naive_codec_keeps_the_latent_s_number_of_values_and_reconstructs_smooth_video():
+    from dcvideogen.evaluation.naive import naive_side_factor
+
+    assert naive_side_factor(32, 32) == pytest.approx(9.798, abs=1e-3)
+    ae = load_video_autoencoder("naive-f32t4c32")
+    assert ae.notation == "f32t4c32" and ae.compression_ratio == 384 and ae.valid_num_frames(9) == 12
+    x = torch.zeros(1, 3, 80, 480, 832)
+    z = ae.encode(x)  # a DC-AE-V f32t4c32 latent holds 32 x 20 x 15 x 26 = 249,600 values
+    assert abs(z.numel() / (32 * 20 * 15 * 26) - 1) < 0.02
+    # a smooth, static clip comes back almost exactly; shape and dtype kept
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 96), torch.linspace(-1, 1, 128), indexing="ij")
+    clip = torch.stack([yy * 0.5, xx * 0.5, yy * xx * 0.5])[:, None].expand(3, 9, 96, 128)[None].contiguous()
+    y = ae.reconstruct(clip)
+    assert y.shape == clip.shape and (y - clip).abs().mean() < 0.02
+    assert load_video_autoencoder("naive-f64t4c128").model.factor == pytest.approx(64 * (3 / 128) ** 0.5)

@@ -16,6 +16,7 @@ Frame rules and normalisations, as in diffusers 0.42 (models and pipelines):
 | AutoencoderKLHunyuanVideo  | 1 + 4k       | z * scaling_factor                                 |
 | AutoencoderKLCogVideoX     | 1 + 8k       | (z - shift_factor) * scaling_factor                |
 | AutoencoderDC (image)      | any          | z * scaling_factor, frame by frame                 |
+| naive-fXtYcZ (baseline)    | multiple of Y | frame means, area-downsampled by X sqrt(3/Z)      |
 
 The KL autoencoders use their posterior's mode (mean), the usual choice for reconstruction.
 """
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from ..errors import DCVGError, first_line
 from ..models.dcae_v import AutoencoderDCV
 from ..models.dcae_v.loading import load_autoencoder
+from .naive import NaiveCodec, parse_naive
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -311,6 +313,32 @@ class ImageDCAEAdapter(VideoAutoencoder):
         return self._framewise(z, lambda f: self.model.decode(f / scale).sample)
 
 
+class NaiveCodecAdapter(VideoAutoencoder):
+    """The naive fXtYcZ codec (`naive.py`): frame averaging + area downsampling to the latent's number of
+    values, bicubic back up. The floor a learned autoencoder of the same compression must beat."""
+
+    def __init__(self, spatial: int, temporal: int, channels: int, name: str | None = None) -> None:
+        self.model = NaiveCodec(spatial, temporal, channels)
+        self.spatial_factor, self.temporal_factor, self.latent_channels = spatial, temporal, channels
+        self.name = name or f"naive-f{spatial}t{temporal}c{channels}"
+
+    @property
+    def frame_rule(self) -> str:
+        return f"multiple of {self.temporal_factor}"
+
+    def valid_num_frames(self, num_frames: int) -> int:
+        return round_up(num_frames, self.temporal_factor)
+
+    def valid_size(self, height: int, width: int) -> tuple[int, int]:
+        return height, width  # any size: the downsampling is by a real factor
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z)
+
+
 # diffusers class name -> (adapter, default name)
 DIFFUSERS_ADAPTERS: dict[str, type[VideoAutoencoder]] = {
     "AutoencoderKLWan": WanAdapter,
@@ -343,7 +371,13 @@ def load_video_autoencoder(
     spec: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> VideoAutoencoder:
     """An adapter for a model folder (DC-AE-V or a diffusers video autoencoder, or a diffusers pipeline
-    folder with a `vae/`), an official DC-AE-V `.pt`, or 'default' (the bundled DC-AE-V)."""
+    folder with a `vae/`), an official DC-AE-V `.pt`, 'default' (the bundled DC-AE-V), or 'naive-fXtYcZ'
+    (the naive codec of that compression, the baseline)."""
+    naive = parse_naive(str(spec)) if not Path(spec).exists() else None
+    if naive is not None:
+        ae = NaiveCodecAdapter(*naive)
+        ae.model.to(device=device, dtype=dtype)
+        return ae
     path = Path(spec)
     if path.is_dir() and not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
         path = path / "vae"  # a pipeline folder (model_index.json + vae/)
