@@ -1,11 +1,22 @@
 """Video I/O on PyAV: real clips, folders, images, writing, and every kind of bad input."""
 
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
 import torch
 
-from dcvideogen.video import VideoError, VideoWriter, iter_frames, probe_video, read_video, write_video
+from dcvideogen.video import (
+    VideoError,
+    VideoInfo,
+    VideoWriter,
+    iter_frames,
+    missing_frames_note,
+    probe_video,
+    read_video,
+    write_video,
+)
 
 
 def make_audio_only(path):
@@ -19,6 +30,39 @@ def make_audio_only(path):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+
+
+def write_mp4(path: Path, frames: int = 24, h: int = 32, w: int = 48, audio: bool = False) -> Path:
+    """A faststart h264 clip of noise (the index before the data, as web video), optionally with sound."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        video = c.add_stream("libx264", rate=24)
+        video.height, video.width, video.pix_fmt = h, w, "yuv420p"
+        video.options = {"g": "4"}
+        sound = c.add_stream("aac", rate=16000) if audio else None
+        for _ in range(frames):
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            for p in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in video.encode():
+            c.mux(p)
+        for i in range(4 if sound else 0):
+            a = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            a.sample_rate, a.pts = 16000, i * 1024
+            for p in sound.encode(a):
+                c.mux(p)
+        for p in sound.encode() if sound else ():
+            c.mux(p)
+    return path
+
+
+def write_image(path: Path, h: int, w: int) -> Path:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = w, h, "rgb24"
+        for p in s.encode(av.VideoFrame.from_ndarray(np.full((h, w, 3), 90, np.uint8), format="rgb24")):
+            c.mux(p)
+    return path
 
 
 def test_reads_a_real_clip_with_fps(clips):
@@ -46,6 +90,11 @@ def test_write_and_read_back(tmp_path, suffix, size):
     frames = (torch.rand(3, 6, *size, generator=g) * 0.2 - 0.1).repeat(1, 1, 1, 1)  # smooth-ish, low contrast
     path = write_video(tmp_path / f"v{suffix}", frames, fps=12)
     back = read_video(path)
+    if suffix == ".mp4":  # yuv420p: odd sides padded to even, repeating the last row/column
+        with av.open(str(path)) as c:
+            assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+        frames = torch.cat([frames, frames[:, :, -1:]], dim=2) if size[0] % 2 else frames
+        frames = torch.cat([frames, frames[..., -1:]], dim=3) if size[1] % 2 else frames
     assert back.frames.shape == frames.shape
     assert (back.frames - frames).abs().mean() < 0.1
     assert not list(tmp_path.glob(".*"))  # no temporary file left
@@ -100,3 +149,31 @@ def test_writer_leaves_nothing_on_failure_and_checks_paths(tmp_path):
         VideoWriter(tmp_path / "no" / "out.mp4", fps=10)
     with pytest.raises(VideoError, match=r"cannot write '\.avi'"):
         VideoWriter(tmp_path / "out.avi", fps=10)
+
+
+def test_truncated_file_yields_what_decodes_and_says_what_is_missing(tmp_path):
+    data = write_mp4(tmp_path / "full.mp4", frames=24, audio=True).read_bytes()
+    info = probe_video(tmp_path / "full.mp4")
+    assert (info.num_frames, info.exact_count, info.has_audio) == (24, True, True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    info = probe_video(cut)
+    assert info.num_frames == 24  # the header still promises them
+    n = sum(p.shape[1] for p in iter_frames(cut))
+    assert 0 < n < 24
+    assert missing_frames_note(cut, info, 0, None, n) == (
+        f"{cut}: only {n} frames decode but its header declares 24; the file is truncated or damaged"
+    )
+    assert missing_frames_note(cut, info, 0, n, n) is None  # asked for no more than it holds
+    assert f"only {n} frames decode" in missing_frames_note(cut, info, 2, None, n - 2)
+    estimate = VideoInfo(100, 24.0, 32, 48, exact_count=False)  # from the duration: 5% slack
+    assert missing_frames_note(cut, estimate, 0, None, 96) is None
+    assert "its duration suggests about 100" in missing_frames_note(cut, estimate, 0, None, 90)
+    assert missing_frames_note(cut, VideoInfo(0, 24.0, 32, 48), 0, None, 3) is None  # unknown count
+
+
+@pytest.mark.parametrize("fps", [-3, 0, float("nan"), float("inf"), 1e6])
+def test_writer_refuses_a_bad_frame_rate(tmp_path, fps):
+    with pytest.raises(VideoError, match="frames per second"):
+        VideoWriter(tmp_path / "out.mp4", fps=fps)
+    assert list(tmp_path.iterdir()) == []

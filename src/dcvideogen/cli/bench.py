@@ -7,27 +7,22 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..bench.autoencoder import AEBenchSettings, AEMode, ae_figure, ae_registry, ae_table, run_ae_bench
-from ..bench.cost_model import WAN_VAE_LAYOUT, GridRounding, dcaev_layout
-from ..bench.measure import device_name, lookup_peak, machine_info, measure_matmul_tflops
-from ..bench.paper import PAPER_DEVICE, PAPER_STEPS
-from ..bench.report import describe_run, require_matplotlib, write_outputs
-from ..bench.sizes import PAPER_SIZES, parse_clip_sizes
-from ..bench.tokens import token_figure, token_rows, token_table
-from ..bench.transformer import (
-    ATTENTION_BACKENDS,
-    TransformerBenchSettings,
-    run_transformer_bench,
-    skipped_lines,
-    transformer_figure,
-    transformer_table,
-)
-from ..bench.wan import WAN_CONFIGS, load_wan_config
 from ..errors import DCVGError
 from .common import add_device_args, logger, resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+# Values of dcvideogen.bench that the flags need, named here so that --help needs no torch (importing
+# dcvideogen.bench loads the models); tests/test_cli_inputs.py checks that they agree with the library.
+PAPER_SIZES = "480x832,720x1280,1080x1920,2160x3840,720x1280x160,720x1280x320,720x1280x640"  # bench.sizes
+PAPER_STEPS = 50  # bench.paper
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")  # bench.transformer
+AE_MODES = ("one-shot", "streaming", "tiled")  # bench.autoencoder.AEMode
+GRID_ROUNDINGS = ("pad", "floor")  # bench.cost_model.GridRounding
+WAN_MODELS = ("wan-1.3b", "wan-14b", "wan-tiny")  # bench.wan.WAN_CONFIGS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,13 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="NAME|PATH",
-        help=f"autoencoder, repeatable: {', '.join(ae_registry())} (random weights), or a model folder / "
-        "checkpoint (default: dc-ae-v-f32t4c32 and wan-2.1)",
+        help="autoencoder, repeatable: a DC-AE-V preset (see dcvg info PRESET), wan-2.1 or wan-tiny (random "
+        "weights), or a model folder / checkpoint (default: dc-ae-v-f32t4c32 and wan-2.1)",
     )
     _add_size_args(p, sizes="480x832,720x1280", frames="80")
     p.add_argument(
         "--modes",
-        default=",".join(m.value for m in AEMode),
+        default=",".join(AE_MODES),
         help="comma-separated modes: one-shot (whole clip), streaming (cached pieces), tiled (streaming + tiles)",
     )
     p.add_argument(
@@ -123,7 +118,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--model",
         default="wan-1.3b",
         metavar="NAME|CONFIG",
-        help=f"transformer: {', '.join(WAN_CONFIGS)}, or a WanTransformer3DModel config.json (or its folder)",
+        help=f"transformer: {', '.join(WAN_MODELS)}, or a WanTransformer3DModel config.json (or its folder)",
     )
     p.add_argument(
         "--ae",
@@ -138,8 +133,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rounding",
-        choices=[r.value for r in GridRounding],
-        default=GridRounding.PAD.value,
+        choices=GRID_ROUNDINGS,
+        default="pad",
         help="frame sizes off the token grid: pad up (default) or floor as the released DC-VideoGen pipeline",
     )
 
@@ -206,6 +201,8 @@ def _check_positive(value: float | int, flag: str) -> None:
 
 
 def _adapted_layout(args: argparse.Namespace):
+    from ..bench.cost_model import WAN_VAE_LAYOUT, dcaev_layout
+
     layout = dcaev_layout(args.ae)
     if layout.temporal != WAN_VAE_LAYOUT.temporal:
         logger.warning(
@@ -217,6 +214,8 @@ def _adapted_layout(args: argparse.Namespace):
 @contextlib.contextmanager
 def cpu_threads(threads: int | None) -> Iterator[None]:
     """torch's intra-op thread count for the bench, restored afterwards."""
+    import torch
+
     if threads is None:
         yield
         return
@@ -231,6 +230,8 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 
 
 def _finish(kind: str, title: str, table: str, args, machine, settings, rows, figure, notes=()) -> int:
+    from ..bench.report import describe_run, write_outputs
+
     out = Path(args.out)
     payload = {"bench": kind, "command": ["dcvg", *sys.argv[1:]], "machine": machine, "settings": settings}
     paths = write_outputs(out, kind, rows, {**payload, "notes": list(notes)}, figure)
@@ -247,6 +248,16 @@ def _finish(kind: str, title: str, table: str, args, machine, settings, rows, fi
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench.cost_model import WAN_VAE_LAYOUT, GridRounding
+    from ..bench.measure import machine_info
+    from ..bench.paper import PAPER_DEVICE
+    from ..bench.report import require_matplotlib
+    from ..bench.sizes import parse_clip_sizes
+    from ..bench.tokens import token_figure, token_rows, token_table
+    from ..bench.wan import load_wan_config
+
     require_matplotlib()
     model = load_wan_config(args.model)
     clips = parse_clip_sizes(args.sizes, args.frames)
@@ -286,6 +297,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 def _resolve_peak(
     args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 ) -> tuple[float | None, str]:
+    from ..bench.measure import device_name, lookup_peak, measure_matmul_tflops
+
     if args.peak_tflops is not None:
         if args.peak_tflops <= 0:
             raise DCVGError(f"--peak-tflops {args.peak_tflops}: must be positive")
@@ -310,6 +323,20 @@ def _check_timing_args(args: argparse.Namespace) -> None:
 
 
 def cmd_transformer(args: argparse.Namespace) -> int:
+    from ..bench.cost_model import GridRounding
+    from ..bench.measure import machine_info
+    from ..bench.paper import PAPER_DEVICE
+    from ..bench.report import require_matplotlib
+    from ..bench.sizes import parse_clip_sizes
+    from ..bench.transformer import (
+        TransformerBenchSettings,
+        run_transformer_bench,
+        skipped_lines,
+        transformer_figure,
+        transformer_table,
+    )
+    from ..bench.wan import load_wan_config
+
     require_matplotlib()
     model = load_wan_config(args.model)
     clips = parse_clip_sizes(args.sizes, args.frames)
@@ -354,6 +381,11 @@ def cmd_transformer(args: argparse.Namespace) -> int:
 
 
 def cmd_ae(args: argparse.Namespace) -> int:
+    from ..bench.autoencoder import AEBenchSettings, AEMode, ae_figure, ae_table, run_ae_bench
+    from ..bench.measure import machine_info
+    from ..bench.report import require_matplotlib
+    from ..bench.sizes import parse_clip_sizes
+
     require_matplotlib()
     names = tuple(args.ae or ("dc-ae-v-f32t4c32", "wan-2.1"))
     clips = parse_clip_sizes(args.sizes, args.frames)

@@ -1,19 +1,58 @@
-"""Flags and helpers shared by sub-commands."""
+"""Flags and helpers shared by sub-commands.
+
+Only light modules are imported here: `dcvg --help` must not load torch; what needs it imports it inside.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-
-import torch
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DCVGError
-from ..models.dcae_v import AutoencoderDCV
-from ..models.dcae_v.loading import load_autoencoder
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.dcae_v import AutoencoderDCV
 
 logger = logging.getLogger("dcvg")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes (torch.float32, ...)
+MAX_FPS = 1000.0
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """One of DTYPES as a torch dtype."""
+    import torch
+
+    return getattr(torch, name)
+
+
+def positive_fps(text: str) -> float:
+    """argparse type of --fps: a finite frame rate in (0, MAX_FPS]."""
+    try:
+        fps = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give frames per second as a number, e.g. 24") from None
+    if not math.isfinite(fps) or not 0 < fps <= MAX_FPS:
+        raise argparse.ArgumentTypeError(f"{text}: frames per second must be above 0 and at most {MAX_FPS:g}")
+    return fps
+
+
+def check_not_input(output: Path, *inputs: str | Path) -> None:
+    """Refuse an output path that is one of the inputs (the same file, through links too): writing it
+    would replace the input."""
+    if not output.exists():
+        return
+    for src in inputs:
+        if Path(src).exists() and os.path.samefile(src, output):
+            raise DCVGError(
+                f"{output}: is the input {src}; writing it would replace the input, give another output path"
+            )
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
@@ -53,6 +92,8 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -66,11 +107,18 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    return torch_dtype(name)
 
 
 def load_model_from_args(args: argparse.Namespace, allow_random: bool = False) -> AutoencoderDCV:
+    from ..models.dcae_v.loading import load_autoencoder
+
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise DCVGError(f"--chunk-size {args.chunk_size}: must be a positive number of frames")
+    budget = args.memory_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise DCVGError(f"--memory-budget {budget}: give the memory to stay under in GiB, e.g. 8")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = load_autoencoder(

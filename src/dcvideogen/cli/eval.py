@@ -7,13 +7,12 @@ import shlex
 from pathlib import Path
 
 from ..errors import DCVGError
-from ..evaluation.adapters import load_video_autoencoder
-from ..evaluation.protocol import Protocol, find_videos
-from ..evaluation.report import check_figures, markdown_table, write_report
-from ..evaluation.runner import EvalConfig, default_cache_dir, evaluate
-from ..metrics.lpips import BACKBONES
 from ..utils.atomic import check_writable_parent
 from .common import add_device_args, logger, resolve_device, resolve_dtype
+
+# The LPIPS backbones of dcvideogen.metrics.lpips.BACKBONES, named here so that --help needs no torch
+# (tests/test_cli_inputs.py checks that the two agree).
+LPIPS_NETS = ("alex", "vgg")
 
 
 def _factors(text: str) -> tuple[int, ...]:
@@ -69,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "vgg16-397923af.pth); LPIPS is not computed without them",
     )
     p.add_argument(
-        "--lpips-net", choices=list(BACKBONES), default="alex", help="LPIPS backbone (default alex, as lpips)"
+        "--lpips-net", choices=LPIPS_NETS, default="alex", help="LPIPS backbone (default alex, as lpips)"
     )
     p.add_argument(
         "--lpips-linear",
@@ -87,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cache-dir",
         default=None,
         metavar="DIR",
-        help=f"where reference FVD statistics are cached (default {default_cache_dir()})",
+        help="where reference FVD statistics are cached (default $XDG_CACHE_HOME/dcvideogen/fvd-reference, "
+        "~/.cache when XDG_CACHE_HOME is unset)",
     )
     p.add_argument("--samples", type=int, default=2, help="clips shown side by side as PNG in the report")
     add_device_args(p)
@@ -134,6 +134,11 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def cmd_eval_ae(args: argparse.Namespace) -> int:
+    from ..evaluation.adapters import load_video_autoencoder
+    from ..evaluation.protocol import Protocol, find_videos
+    from ..evaluation.report import check_figures, markdown_table, write_report
+    from ..evaluation.runner import EvalConfig, evaluate
+
     out = Path(args.out)
     _check_out(out)
     protocol = Protocol(

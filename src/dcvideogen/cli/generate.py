@@ -10,13 +10,9 @@ import secrets
 import time
 from pathlib import Path
 
-import torch
-
 from .. import __version__
 from ..errors import DCVGError
-from ..utils.atomic import atomic_file
-from ..video import VideoWriter, check_output_path, read_video
-from .common import DTYPES, resolve_device
+from .common import DTYPES, check_not_input, positive_fps, resolve_device, torch_dtype
 
 logger = logging.getLogger("dcvg")
 
@@ -67,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help="random seed (default: a new one, written to the JSON)"
     )
-    p.add_argument("--fps", type=float, default=16.0, help="frame rate of the written video (Wan 2.1: 16)")
+    p.add_argument(
+        "--fps", type=positive_fps, default=16.0, help="frame rate of the written video (Wan 2.1: 16)"
+    )
     p.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
@@ -136,6 +134,7 @@ def _read_first_frame(path: str):
     """The first frame of an image (or video) as a PIL image; DCVGError when missing or unreadable."""
     from PIL import Image
 
+    from ..video import read_video
     from ..video.io import to_uint8
 
     frames = read_video(path, max_frames=1).frames  # (3, 1, H, W) in [-1, 1]
@@ -160,8 +159,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DCVGError("--prompt is empty; describe the video to generate")
     if args.steps < 1:
         raise DCVGError(f"--steps {args.steps}: must be at least 1")
-    if args.fps <= 0:
-        raise DCVGError(f"--fps {args.fps}: must be positive")
     if args.offload == "sequential" and args.compile:
         raise DCVGError(
             "--compile does not work with --offload sequential (weights move inside every layer); use "
@@ -205,12 +202,18 @@ def _require_pipeline_extra() -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     _require_pipeline_extra()
+    import torch
+
     from ..pipelines.conditioning import resolve_geometry
     from ..pipelines.loading import Layout, inspect_model_folder, load_pipeline
+    from ..utils.atomic import atomic_file
+    from ..video import VideoWriter, check_output_path
 
     # 1. Everything that can be checked without weights.
     _check_args(args)
     out = check_output_path(Path(args.out))
+    if args.image:
+        check_not_input(out, args.image)
     meta_path = out.with_suffix(".json")
     folder = inspect_model_folder(args.model, None if args.task == "auto" else args.task)
     saved_task = folder.task if folder.layout is Layout.SAVED else None
@@ -238,7 +241,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"--offload {args.offload} moves models between the CPU and a GPU; there is no GPU here "
             "(drop --offload)"
         )
-    dtype = DTYPES[args.dtype]
+    dtype = torch_dtype(args.dtype)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
 
     # 2. Load and place the models.
@@ -345,6 +348,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _versions() -> dict[str, str]:
     import diffusers
+    import torch
     import transformers
 
     return {

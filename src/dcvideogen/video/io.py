@@ -1,14 +1,17 @@
 """Video reading and writing on PyAV.
 
 Frames are torch tensors (C, T, H, W), float32 in [-1, 1], RGB. Readers accept video files (mp4,
-webm, mov, mkv, avi, gif), single images, and folders of image frames (sorted by name). Writers
-produce mp4 (h264) and gif, through a temporary file renamed into place when complete, so a failure
-never leaves a partial output behind.
+webm, mov, mkv, avi, gif), single images, and folders of image frames (sorted by name); a file that
+breaks off early yields the frames that decode (`missing_frames_note` tells the caller). Writers
+produce mp4 (h264, yuv420p) and gif, through a temporary file renamed into place when complete, so a
+failure never leaves a partial output behind. Sound is never read or written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +30,9 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 WRITE_SUFFIXES = (".mp4", ".gif")
 DEFAULT_FOLDER_FPS = 24.0
+MAX_FPS = 1000.0
+
+logger = logging.getLogger(__name__)
 
 
 class VideoError(DCVGError):
@@ -45,10 +51,12 @@ class Video:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    num_frames: int  # exact for folders and images; from the container for files (may be an estimate)
+    num_frames: int  # exact for folders and images; the container's count for files (0: unknown)
     fps: float
     height: int
     width: int
+    exact_count: bool = True  # False when num_frames is estimated from the duration (webm, mkv, ...)
+    has_audio: bool = False
 
 
 # ---- tensor <-> uint8 --------------------------------------------------------------------------------
@@ -137,11 +145,40 @@ def probe_video(path: str | Path) -> VideoInfo:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FOLDER_FPS)
         n = stream.frames
+        exact = bool(n)
         if not n and stream.duration and stream.time_base:
             n = round(float(stream.duration * stream.time_base) * fps)
         if not n and container.duration:
             n = round(container.duration / 1e6 * fps)
-        return VideoInfo(int(n or 0), fps, stream.codec_context.height, stream.codec_context.width)
+        h, w = stream.codec_context.height, stream.codec_context.width
+        if not (h > 0 and w > 0):
+            raise VideoError(f"{path}: the video stream has no picture size ({w}x{h}); is the file a video?")
+        has_audio = bool(container.streams.audio)
+        return VideoInfo(int(n or 0), fps, h, w, exact_count=exact, has_audio=has_audio)
+
+
+def missing_frames_note(
+    path: str | Path, info: VideoInfo, start: int, max_frames: int | None, decoded: int
+) -> str | None:
+    """One line when `decoded` frames (read from `start` on, at most `max_frames`) fall short of what the
+    container declares, as a truncated or damaged file does; None when the file is complete.
+
+    A count estimated from the duration (exact_count False) is allowed to be 5% (at least 1 frame) off.
+    """
+    if not info.num_frames:
+        return None
+    expected = max(0, info.num_frames - start)
+    if max_frames is not None:
+        expected = min(expected, max_frames)
+    slack = 0 if info.exact_count else max(1, expected // 20)
+    if decoded + slack >= expected:
+        return None
+    declared = (
+        f"its header declares {info.num_frames}"
+        if info.exact_count
+        else f"its duration suggests about {info.num_frames}"
+    )
+    return f"{path}: only {start + decoded} frames decode but {declared}; the file is truncated or damaged"
 
 
 def iter_frames(
@@ -150,7 +187,8 @@ def iter_frames(
     """Decode a video (file, image or frame folder) lazily; yields (C, t, H, W) pieces of <= chunk_frames.
 
     Frames `start`, `start + stride`, ... are kept, at most `max_frames` of them. Raises VideoError on a
-    file that cannot be decoded or holds no frame.
+    file that cannot be decoded or holds no frame; a file that breaks off after some frames (truncated or
+    damaged) ends there: compare the count with `missing_frames_note`.
     """
     path = Path(path)
     _check_path(path)
@@ -189,15 +227,21 @@ def _raw_frames(path: Path) -> Iterator[np.ndarray]:
         yield _read_image(path)
         return
     container = _open(path)
+    decoded = 0
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             yield frame.to_ndarray(format="rgb24")
+            decoded += 1
     except av.error.FFmpegError as e:
-        raise VideoError(
-            f"{path}: decoding failed ({_reason(e)}); the file may be truncated or corrupt"
-        ) from e
+        if not decoded:
+            raise VideoError(
+                f"{path}: decoding failed ({_reason(e)}); the file may be truncated or corrupt"
+            ) from e
+        # The file breaks off after `decoded` frames (truncated or damaged): they are what it holds.
+        # Callers compare the count with the header's (missing_frames_note).
+        logger.debug(f"{path}: decoding stopped after {decoded} frames ({_reason(e)})")
     finally:
         container.close()
 
@@ -312,16 +356,36 @@ class _GifPalette:
             out.append(f)
 
 
+def even_size(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, C) -> (T, H', W', C) with H', W' even, repeating the last row/column: yuv420p (what every
+    player decodes) halves the chroma resolution, so h264 needs even sides."""
+    h, w = frames.shape[1:3]
+    if h % 2 == 0 and w % 2 == 0:
+        return frames
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def check_fps(fps: float, path: str | Path) -> float:
+    """The frame rate of a video to write, as a float in (0, MAX_FPS]."""
+    rate = float(fps)
+    if not (math.isfinite(rate) and 0 < rate <= MAX_FPS):
+        raise VideoError(
+            f"{path}: cannot write at {rate:g} frames per second; use a rate in (0, {MAX_FPS:g}]"
+        )
+    return rate
+
+
 class VideoWriter:
     """Streaming writer: `with VideoWriter(path, fps) as w: w.write(frames)`; renamed into place on success.
 
-    mp4 is h264 (yuv420p, or yuv444p when a side is odd, so the size is kept exactly); gif gets a
-    256-colour palette of its own for every frame.
+    mp4 is h264 yuv420p: frames of odd height or width are padded to even by repeating the last row/column
+    (logged once), since the 4:4:4 profile that would keep them exact is refused by many players. gif gets
+    a 256-colour palette of its own for every frame, at the exact size.
     """
 
     def __init__(self, path: str | Path, fps: float, crf: int = 18) -> None:
         self.path = check_output_path(path)
-        self.fps = fps
+        self.fps = check_fps(fps, self.path)
         self.crf = crf
         try:
             fd, tmp = tempfile.mkstemp(
@@ -333,7 +397,13 @@ class VideoWriter:
             ) from e
         os.close(fd)
         self.tmp = Path(tmp)
-        self.container = av.open(str(self.tmp), mode="w")
+        try:
+            self.container = av.open(str(self.tmp), mode="w")
+        except (av.error.FFmpegError, OSError) as e:
+            self.tmp.unlink(missing_ok=True)
+            raise VideoError(
+                f"{self.path}: cannot write there ({_reason(e)}); choose another output path"
+            ) from e
         self.stream = None
         self.palette: _GifPalette | None = None
         self.frames_written = 0
@@ -347,8 +417,15 @@ class VideoWriter:
             self.palette = _GifPalette(height, width)
         else:
             self.stream = self.container.add_stream("libx264", rate=rate)
-            self.stream.pix_fmt = "yuv444p" if (height % 2 or width % 2) else "yuv420p"
+            self.stream.pix_fmt = "yuv420p"
             self.stream.options = {"crf": str(self.crf), "preset": "medium"}
+            if height % 2 or width % 2:
+                logger.info(
+                    f"note: {self.path}: frames of {width}x{height} are written as "
+                    f"{width + width % 2}x{height + height % 2} (last row/column repeated): h264 yuv420p, "
+                    "which every player decodes, needs even sides"
+                )
+                height, width = height + height % 2, width + width % 2
         self.stream.height, self.stream.width = height, width
 
     def write(self, frames: torch.Tensor) -> None:
@@ -356,6 +433,14 @@ class VideoWriter:
         arr = to_uint8(frames)
         if self.stream is None:
             self._open_stream(arr.shape[1], arr.shape[2])
+        if self.palette is None:
+            arr = even_size(arr)
+        try:
+            self._encode(arr)
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{self.path}: writing failed ({_reason(e)})") from e
+
+    def _encode(self, arr: np.ndarray) -> None:
         for img in arr:
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             if self.palette is not None:
@@ -376,13 +461,20 @@ class VideoWriter:
         if self.stream is None:
             self.abort()
             raise VideoError(f"{self.path}: no frames to write")
-        if self.palette is not None:
-            for quantized in self.palette.push(None):
-                self._mux(quantized)
-        self._mux(None)
-        self.container.close()
-        set_default_mode(self.tmp)
-        os.replace(self.tmp, self.path)
+        try:
+            if self.palette is not None:
+                for quantized in self.palette.push(None):
+                    self._mux(quantized)
+            self._mux(None)
+            self.container.close()
+            set_default_mode(self.tmp)
+            os.replace(self.tmp, self.path)
+        except av.error.FFmpegError as e:
+            self.abort()
+            raise VideoError(f"{self.path}: writing failed ({_reason(e)})") from e
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # best effort: we are already on an error path
