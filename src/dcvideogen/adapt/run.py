@@ -14,12 +14,41 @@ import torch
 
 from ..errors import DCVGError
 from ..models.dcae_v.loading import latent_channels_of
+from ..training.config import check_resume_config
 from ..training.engine import Dist, TrainLoop, autocast, save_run_state
 from ..training.runlog import RunLog
 from .config import AdaptConfig, to_dict
 from .model import adapted_config, load_base_embedder, load_base_transformer, transformer_folder
 
 logger = logging.getLogger("dcvg.adapt")
+
+# Settings a resumed adaptation run may change: stage budgets and switches, how often it logs, validates and
+# checkpoints, the validation prompts and sampler, the hardware layout; the source clips (training reads the
+# cache). Every other setting shapes the adapted state or the data stream and must equal the checkpoint's.
+ADAPT_RESUMABLE = (
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "val_every",
+    "val_steps",
+    "val_guidance",
+    "max_bad_steps",
+    "tensorboard",
+    "precision",
+    "parallel",
+    "model.gradient_checkpointing",
+    "data.source",
+    "data.workers",
+    "data.val_prompts",
+    "data.val_images",
+    "flow.val_sigmas",
+    "align_embedder.enabled",
+    "align_embedder.steps",
+    "align_head.enabled",
+    "align_head.steps",
+    "finetune.enabled",
+    "finetune.steps",
+)
 
 
 class RunContext:
@@ -83,7 +112,10 @@ class RunContext:
         def log(step: int, metrics: dict) -> None:
             self.global_step_log(name, step, metrics)
 
-        loop = TrainLoop(
+        def on_step() -> None:  # the run's global step moves with the stage's, before its log and checkpoint
+            self.global_step += 1
+
+        return TrainLoop(
             name=name,
             steps=steps,
             d=self.d,
@@ -98,18 +130,10 @@ class RunContext:
             checkpoint_every=self.cfg.checkpoint_every,
             max_bad_steps=self.cfg.max_bad_steps,
             budget=self.budget_spent,
+            on_step=on_step,
             state=state,
             where=self.run_dir / "checkpoints",
         )
-        original = loop.step_optimizer
-
-        def step_optimizer(grad_clip: float = 0.0) -> bool:  # the run's global step moves with the stage's
-            stepped = original(grad_clip)
-            self.global_step += int(stepped)
-            return stepped
-
-        loop.step_optimizer = step_optimizer
-        return loop
 
     def global_step_log(self, name: str, step: int, metrics: dict) -> None:
         if self.log is not None:
@@ -207,12 +231,6 @@ def check_run(cfg: AdaptConfig, cache, state: dict | None, ckpt: Path | None) ->
             f"{cfg.model.base}: the transformer takes {base_cfg['in_channels']} channels but the cache's Wan latents have {fp['wan_channels']}; cache with this base model"
         )
     if state is not None:
-        saved = state["config"]
-        for section in ("model", "data"):
-            for k, v in saved[section].items():
-                if k not in ("workers", "val_prompts", "val_images") and to_dict(cfg)[section].get(k) != v:
-                    raise DCVGError(
-                        f"{ckpt}: the run was made with {section}.{k}={v!r}, this config has {to_dict(cfg)[section].get(k)!r}; resume with the run's own config ({ckpt.parent.parent / 'config.yaml'}) or start a new --out"
-                    )
+        check_resume_config(state.get("config"), cfg, ADAPT_RESUMABLE, ckpt)
     dim = base_cfg["num_attention_heads"] * base_cfg["attention_head_dim"]
     return {"latent_channels": z, "in_channels": new["in_channels"], "dim": dim, "transformer_config": new}

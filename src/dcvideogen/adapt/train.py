@@ -25,12 +25,16 @@ import torch
 from ..errors import DCVGError
 from ..pipelines.conditioning import first_frames_mask
 from ..training.checkpoint import load_checkpoint, resolve_resume
-from ..training.data import sample_generator
+from ..training.data import iter_batches, sample_generator
 from ..training.ema import EMA, full_tensor
 from ..training.engine import (
     Dist,
+    TrainingInterrupted,
     all_sum,
     lr_factor,
+    restore_rng,
+    rewind_log,
+    seed_all,
     setup_distributed,
     stop_signals,
     unwrap,
@@ -190,7 +194,7 @@ def run_align_adamw(cfg: AdaptConfig, ctx: RunContext, embedder, base_embedder, 
     loop = ctx.loop(
         "align-embedder", a.steps, state, train, opt, None, None, lambda: embedder_state(embedder)
     )
-    loader = iter(
+    loader = iter_batches(
         make_cache_loader(
             ctx.cache, ctx.train_idx, cfg.seed, loop.step, a.batch_size, 1, d.rank, d.world, cfg.data.workers
         )
@@ -317,7 +321,7 @@ def run_diffusion_stage(
 
     loop = ctx.loop(name, s.steps, state, train, opt, sched, ema, current)
     null_text = ctx.cache.null_text().to(d.device)
-    loader = iter(
+    loader = iter_batches(
         make_cache_loader(
             ctx.cache,
             ctx.train_idx,
@@ -386,7 +390,8 @@ def train_adapt(
     stop_after: int | None = None,
 ) -> Path | None:
     """Run the enabled stages (or only `stage`) to the end, or for `stop_after` steps; returns RUN/adapted when
-    every stage is done (None when stopped early, after a checkpoint)."""
+    every stage is done (None when stopped early, after a checkpoint). Nothing is written before the inputs are
+    checked (`check_run`). A stop signal (SIGINT, SIGTERM) checkpoints and raises `TrainingInterrupted`."""
     d = setup_distributed()
     run_dir = Path(run_dir)
     cfg.require("model.base", "data.cache")
@@ -396,13 +401,18 @@ def train_adapt(
     ckpt = resolve_resume(resume, run_dir)
     state = load_checkpoint(ckpt) if ckpt is not None else None
     dims = check_run(cfg, cache, state, ckpt)
-    if d.main:
+    if d.main:  # written only now that every input is checked
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         if state is not None:
+            # a run killed after its last checkpoint logged steps that it now trains again
+            rewind_log(run_dir / "log.jsonl", int(state["global_step"]))
             logger.info(
                 f"resumed from {ckpt}: stage {state['stage']} step {state['stage_step']} ({'done' if state['finished'] else 'in progress'})"
             )
+    seed_all(cfg.seed)
+    if state is not None:  # the RNG as the checkpoint left it, also when the next stage starts afresh
+        restore_rng(state["rng"], d)
     stages = [stage] if stage is not None else cfg.enabled_stages()
     with stop_signals() as stop:
         ctx = RunContext(cfg, d, run_dir, cache, dims, stop, stop_after, state)
@@ -415,7 +425,9 @@ def train_adapt(
                 resuming = (
                     state if state is not None and not state["finished"] and state["stage"] == name else None
                 )
-                t0, start = time.time(), ctx.global_step
+                # the stage's first global step - 1, also when it resumes mid-way
+                start = ctx.global_step - (int(resuming["stage_step"]) if resuming is not None else 0)
+                t0 = time.time()
                 if name == "align-embedder":
                     out = run_align_embedder(cfg, ctx, resuming)
                     if out and cfg.align_embedder.method == "exact":
@@ -446,6 +458,9 @@ def train_adapt(
                 ctx.log.close()
     done = {h["stage"] for h in ctx.history}
     if not set(stages) <= done:
+        if stop.requested:
+            d.barrier()
+            raise TrainingInterrupted(stop.signal, f"at global step {ctx.global_step}, after a checkpoint")
         if d.main:
             logger.info(f"stopped at global step {ctx.global_step}; continue with --resume auto")
         return None

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 from pathlib import Path
 
 from ..errors import DCVGError
+from .train import interrupted
 
 STAGE_NAMES = ("align-embedder", "align-head", "finetune")
 
@@ -107,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..adapt.config import load_adapt_config
     from ..adapt.train import train_adapt
     from ..training.checkpoint import list_checkpoints
+    from ..training.engine import TrainingInterrupted
 
     overrides = list(args.overrides)
     if args.full_finetune:
@@ -122,12 +125,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after < 1:
         raise DCVGError(f"--stop-after {args.stop_after}: must be at least 1")
     _quiet_other_ranks()
-    result = train_adapt(cfg, out, resume=args.resume, stage=args.stage, stop_after=args.stop_after)
+    try:
+        result = train_adapt(cfg, out, resume=args.resume, stage=args.stage, stop_after=args.stop_after)
+    except TrainingInterrupted as e:
+        return interrupted("adapt train", e, resume_command(args, out))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run          {out}")
         if result is not None:
             print(f"adapted      {result}")
     return 0
+
+
+def resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command line that continues the run in `out` (the same switches and overrides)."""
+    words = ["dcvg", "adapt", "train", "--config", args.config, "--out", str(out), "--resume", "auto"]
+    words += ["--full-finetune"] if args.full_finetune else []
+    words += [w for stage in args.skip for w in ("--skip", stage)]
+    words += ["--stage", args.stage] if args.stage else []
+    return shlex.join([*words, *args.overrides])
 
 
 def cmd_export(args: argparse.Namespace) -> int:

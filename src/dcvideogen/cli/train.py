@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from ..errors import DCVGError
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_train_ae(args: argparse.Namespace) -> int:
     from ..training.checkpoint import list_checkpoints
     from ..training.config import load_config
-    from ..training.trainer_ae import train_ae
+    from ..training.trainer_ae import TrainingInterrupted, train_ae
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "ae")
@@ -49,7 +51,25 @@ def cmd_train_ae(args: argparse.Namespace) -> int:
         raise DCVGError(f"--stop-after {args.stop_after}: must be at least 1")
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)
-    model_dir = train_ae(cfg, args.data, out, resume=args.resume, stop_after=args.stop_after)
+    try:
+        model_dir = train_ae(cfg, args.data, out, resume=args.resume, stop_after=args.stop_after)
+    except TrainingInterrupted as e:
+        return interrupted("train-ae", e, resume_command(args, out))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"model        {model_dir}")
     return 0
+
+
+def resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command line that continues the run in `out`."""
+    words = ["dcvg", "train-ae"] + (["--config", args.config] if args.config else [])
+    return shlex.join(
+        [*words, "--data", str(args.data), "--out", str(out), "--resume", "auto", *args.overrides]
+    )
+
+
+def interrupted(command: str, e: KeyboardInterrupt, resume: str) -> int:
+    """Exit status 130 after a stop signal (`TrainingInterrupted`), with the command that resumes the run."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"dcvg {command}: {e}; continue with: {resume}", file=sys.stderr)
+    return 130

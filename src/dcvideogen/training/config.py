@@ -237,6 +237,65 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     return load_typed_config(TrainConfig, path, overrides, "configs/ae/")
 
 
+# ---- resuming ------------------------------------------------------------------------------------------
+
+# Settings a resumed autoencoder run may change: how long it runs, how often it logs, validates and checkpoints,
+# how it is laid out on the hardware, what it validates on. Every other setting shapes the trained state or the
+# data stream (the optimiser's learning rate too: the scheduler resumes from the checkpoint's), so it must
+# equal the checkpoint's; to change one, start a new run from the old weights with model.init_from=RUN/model.
+AE_RESUMABLE = (
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "val_every",
+    "max_bad_steps",
+    "tensorboard",
+    "precision",
+    "parallel",
+    "model.init_from",
+    "model.gradient_checkpointing",
+    "data.workers",
+    "data.val_clips",
+    "data.val_frames",
+    "data.val_size",
+)
+
+
+def flat_settings(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"optim.lr": 1e-3, "model.arch.chunk_size": 8, ...} of a nested config dict."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_config(saved: dict | None, cfg, may_change: tuple[str, ...], ckpt: Path) -> None:
+    """DCVGError naming the first setting, outside `may_change` (keys or sections), in which `cfg` differs from
+    the config saved in checkpoint `ckpt`."""
+    what = type(cfg).__name__
+    if not saved:
+        raise DCVGError(f"{ckpt}: holds no {what}; not a checkpoint of this trainer")
+    try:
+        old = flat_settings(to_dict(from_dict(type(cfg), saved, "its config")))
+    except DCVGError as e:
+        raise DCVGError(f"{ckpt}: not a checkpoint of this trainer ({what}; {e})") from e
+    new = flat_settings(to_dict(cfg))
+    for key in [*new, *(k for k in old if k not in new)]:
+        if any(key == m or key.startswith(m + ".") for m in may_change):
+            continue
+        if old.get(key, "(unset)") != new.get(key, "(unset)"):
+            run_config = ckpt.parent.parent / "config.yaml"
+            own = f" ({run_config})" if run_config.is_file() else ""
+            raise DCVGError(
+                f"{ckpt}: the run was made with {key}={old.get(key, '(unset)')!r}, this config has "
+                f"{key}={new.get(key, '(unset)')!r}; resume with the run's own settings{own} or start a new --out"
+            )
+
+
 def save_config(cfg, path: Path) -> None:
     """The resolved config as YAML, written atomically."""
     from ..utils.atomic import atomic_file

@@ -191,6 +191,13 @@ def collate(items: list[dict]) -> dict:
     }
 
 
+def iter_batches(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
+    """`iter(loader)` without a draw from the global RNG (a DataLoader seeds its workers from it): a run resumed
+    at step s must leave the RNG where the uninterrupted run did. The samples do not depend on that seed."""
+    with torch.random.fork_rng(devices=[]):
+        return iter(loader)
+
+
 def make_loader(
     files, cfg: DataConfig, seed: int, start_step: int, batch: int, accum: int, rank: int, world: int
 ):

@@ -9,6 +9,7 @@ and peak memory. A recipe is the loop that uses them.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..errors import DCVGError
+from ..utils.atomic import atomic_file
 from .checkpoint import save_checkpoint
 
 logger = logging.getLogger("dcvg.train")
@@ -41,6 +43,15 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 class TrainingDiverged(DCVGError):
     """Too many non-finite losses in a row."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by a recipe after a stop signal once its state is checkpointed: the command exits 130 and says how
+    to resume."""
+
+    def __init__(self, signum: int, where: str) -> None:
+        self.signum, self.where = signum, where
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
 
 
 # ---- distributed ---------------------------------------------------------------------------------------
@@ -135,6 +146,14 @@ def lr_factor(
 # ---- RNG -----------------------------------------------------------------------------------------------
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch (every device), Python and NumPy: a run starts from the same RNG state in any process, so its
+    checkpoints (which hold that state) match whichever process wrote them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict:
     """Every generator a training step may draw from (torch, Python, NumPy, CUDA), as checkpointable values."""
     state = {
@@ -171,6 +190,37 @@ def restore_rng(states: list[dict], d: Dist) -> None:
     set_rng_state(states[d.rank] if d.rank < len(states) else states[0])
 
 
+# ---- optimiser state ---------------------------------------------------------------------------------------
+
+
+def _hyperparameters(group: dict) -> dict:
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """The optimiser's whole (unsharded) state for a checkpoint; every rank calls it. An optimiser that has not
+    stepped yet (the discriminator's before the GAN starts) is saved as its hyper-parameters:
+    `get_optimizer_state_dict` would create its state with a zero-gradient step, which Adam counts."""
+    if not opt.state:
+        return {"state": {}, "param_groups": [_hyperparameters(g) for g in opt.param_groups]}
+    return get_optimizer_state_dict(model, opt, options=FULL)
+
+
+def load_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore `optimizer_state`'s output exactly: no state where the checkpoint has none.
+
+    `set_optimizer_state_dict` first takes a zero-gradient step to create a state for every trainable
+    parameter and keeps it where the checkpoint has none; those entries would count one extra Adam step."""
+    if not saved["state"]:
+        for group, hyper in zip(opt.param_groups, saved["param_groups"], strict=True):
+            group.update(_hyperparameters(hyper))
+        return
+    set_optimizer_state_dict(model, opt, saved, options=FULL)
+    for name, p in unwrap(model).named_parameters():
+        if name not in saved["state"]:
+            opt.state.pop(p, None)
+
+
 # ---- run state -----------------------------------------------------------------------------------------
 
 
@@ -184,6 +234,25 @@ def save_run_state(folder: Path, step: int, state: dict, d: Dist, keep: int = 2)
         logger.info(f"checkpoint {path}")
     d.barrier()
     return path
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:  # a row cut short by a kill
+        return math.inf
+
+
+def rewind_log(path: Path, step: int) -> None:
+    """Drop the rows of a run's log.jsonl logged after `step`: a run killed between checkpoints logs those steps
+    again when it resumes from `step`."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if _logged_step(line) <= step]
+    if len(keep) != len(lines):
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(keep))
 
 
 # ---- signals, non-finite losses, memory ------------------------------------------------------------------
@@ -276,8 +345,10 @@ class TrainLoop:
             loop.step_optimizer(grad_clip)
 
     `checkpoint(loop)` and `log(step, metrics)` are the recipe's callbacks (rank 0 logs; every rank
-    checkpoints, which is a collective). `state` restores a phase interrupted mid-way: step, optimiser,
-    scheduler, EMA, counters, RNG.
+    checkpoints, which is a collective); `on_step()` runs after each optimiser step, before its log and
+    checkpoint (the recipe's global step). A due checkpoint is written by the next `running()`, so that it holds
+    what the recipe did after the step (validation, the plateau rule). `state` restores a phase interrupted
+    mid-way: step, optimiser, scheduler, EMA, counters, RNG.
     """
 
     def __init__(
@@ -297,12 +368,13 @@ class TrainLoop:
         checkpoint_every: int,
         max_bad_steps: int,
         budget: Callable[[], bool] = lambda: False,
+        on_step: Callable[[], None] = lambda: None,
         state: dict | None = None,
         where: Path = Path("."),
     ) -> None:
         self.name, self.steps, self.d = name, steps, d
         self.train_model, self.opt, self.sched, self.ema = train_model, opt, sched, ema
-        self.stop, self.budget, self.where = stop, budget, where
+        self.stop, self.budget, self.on_step, self.where = stop, budget, on_step, where
         self._checkpoint, self._log = checkpoint, log
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.step = 0
@@ -311,7 +383,7 @@ class TrainLoop:
         self.finish_reason = "budget"
         if state is not None:
             self.step = int(state["stage_step"])
-            set_optimizer_state_dict(train_model, opt, state["opt"], options=FULL)
+            load_optimizer_state(train_model, opt, state["opt"])
             if sched is not None:
                 sched.load_state_dict(state["sched"])
             if ema is not None:
@@ -322,10 +394,11 @@ class TrainLoop:
         self._finite = torch.ones((), device=d.device)
         self._loss_sum, self.last_loss = 0.0, float("nan")
         self._t0, self._samples0 = time.time(), self.counters["samples"]
-        self._stopped = False
+        self._stopped = self._checkpoint_due = False
 
     def running(self) -> bool:
-        """False when the phase is done, or a signal or the step budget says stop (then checkpoint once)."""
+        """False when the phase is done, or a signal or the step budget says stop (then checkpoint once).
+        Writes the checkpoint due after the last step."""
         if self.finished:
             return False
         if self.stop.requested or self.budget():
@@ -333,6 +406,9 @@ class TrainLoop:
                 self._stopped = True
                 self._checkpoint(self)
             return False
+        if self._checkpoint_due:
+            self._checkpoint_due = False
+            self._checkpoint(self)
         return True
 
     def backward(self, loss: torch.Tensor, batch_size: int = 1) -> None:
@@ -354,6 +430,7 @@ class TrainLoop:
         self.guard.ok()
         params = [p for p in self.train_model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        lr = self.opt.param_groups[0]["lr"]  # this step's (the scheduler moves it on below)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.sched is not None:
@@ -362,6 +439,7 @@ class TrainLoop:
             self.ema.update(unwrap(self.train_model))
         self.step += 1
         self.finished = self.step >= self.steps
+        self.on_step()
         if self.step % self.log_every == 0 or self.finished:
             now = time.time()
             rate = (self.counters["samples"] - self._samples0) / max(now - self._t0, 1e-9)
@@ -370,15 +448,14 @@ class TrainLoop:
                 self.step,
                 {
                     "train/loss": self.last_loss,
-                    "train/lr": self.opt.param_groups[0]["lr"],
+                    "train/lr": lr,
                     "train/grad_norm": float(grad_norm),
                     "train/bad_steps": self.counters["bad_steps"],
                     "perf/samples_per_s": rate,
                     "perf/peak_mem_gib": peak_memory_gib(self.d.device),
                 },
             )
-        if self.step % self.checkpoint_every == 0 and not self.finished:
-            self._checkpoint(self)
+        self._checkpoint_due = self.step % self.checkpoint_every == 0 and not self.finished
         return True
 
     def finish_early(self, reason: str) -> None:
@@ -388,7 +465,7 @@ class TrainLoop:
         """The phase's part of a checkpoint (every rank calls it: gathering sharded states is collective)."""
         return {
             "stage_step": self.step,
-            "opt": get_optimizer_state_dict(self.train_model, self.opt, options=FULL),
+            "opt": optimizer_state(self.train_model, self.opt),
             "sched": self.sched.state_dict() if self.sched is not None else {},
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "counters": dict(self.counters),

@@ -14,34 +14,34 @@ import time
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from ..errors import DCVGError
+from ..errors import DCVGError, first_line
 from ..metrics import psnr_per_frame, ssim_per_frame
 from ..models.dcae_v import AutoencoderDCV, get_preset
 from ..models.dcae_v.loading import load_autoencoder
 from ..utils.atomic import atomic_dir
 from ..video import VideoWriter, read_video
 from .checkpoint import load_checkpoint, resolve_resume
-from .config import TrainConfig, save_config, to_dict
-from .data import make_loader, scan_media
+from .config import AE_RESUMABLE, TrainConfig, check_resume_config, save_config, to_dict
+from .data import iter_batches, make_loader, scan_media
 from .discriminator import VideoDiscriminator
 from .ema import EMA
 from .engine import (
     FULL,
     NonFiniteGuard,
     TrainingDiverged,
+    TrainingInterrupted,
     all_mean,
     autocast,
+    load_optimizer_state,
     lr_factor,
+    optimizer_state,
     peak_memory_gib,
     restore_rng,
+    rewind_log,
     save_run_state,
+    seed_all,
     setup_distributed,
     stop_signals,
     wrap,
@@ -57,7 +57,7 @@ from .runlog import RunLog
 
 logger = logging.getLogger("dcvg.train")
 
-__all__ = ["TrainingDiverged", "load_val_clips", "train_ae", "validate"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "load_val_clips", "train_ae", "validate"]
 
 
 # ---- small helpers --------------------------------------------------------------------------------------
@@ -78,6 +78,30 @@ def build_model(cfg: TrainConfig) -> AutoencoderDCV:
 
 def is_res_block(m: torch.nn.Module) -> bool:
     return type(m).__name__ == "ResBlock3d"
+
+
+def read_resume(resume: str | None, run_dir: Path, cfg: TrainConfig) -> tuple[Path | None, dict | None]:
+    """The checkpoint to resume from and its state, after checking that its config fits `cfg`."""
+    path = resolve_resume(resume, run_dir)
+    if path is None:
+        return None, None
+    state = load_checkpoint(path)
+    check_resume_config(state.get("config"), cfg, AE_RESUMABLE, path)
+    return path, state
+
+
+@contextlib.contextmanager
+def state_of(path: Path):
+    """A checkpoint's state that does not fit the model ends in one line, not a state-dict traceback."""
+    try:
+        yield
+    except DCVGError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise DCVGError(
+            f"{path}: does not fit this model and optimiser ({first_line(e)}); resume with the run's own config "
+            "or start a new --out"
+        ) from e
 
 
 # ---- validation -----------------------------------------------------------------------------------------
@@ -125,14 +149,14 @@ def train_ae(
     stop_after: int | None = None,
 ) -> Path:
     """Train to cfg.steps (or for at most `stop_after` steps in this call, then checkpoint and return);
-    returns the exported model folder (EMA weights when EMA is on)."""
+    returns the exported model folder (EMA weights when EMA is on). Nothing is written before the inputs are
+    checked (data, the checkpoint and its config, the models). A stop signal (SIGINT, SIGTERM) finishes the
+    step, checkpoints and raises `TrainingInterrupted`. The EMA, when on, starts at step 0."""
     d = setup_distributed()
     run_dir = Path(run_dir)
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     files, report = scan_media(data_dir, cfg.data)
+    ckpt_path, state = read_resume(resume, run_dir, cfg)
+    seed_all(cfg.seed)  # the same initial weights on every rank
     if d.main:
         logger.info(
             f"data {data_dir}: {report.videos} videos, {report.images} images; skipped {report.unreadable} "
@@ -182,27 +206,33 @@ def train_ae(
 
     # ---- resume -------------------------------------------------------------------------------------------
     step = 0
-    ckpt_path = resolve_resume(resume, run_dir)
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path)
-        step = int(state["step"])
-        set_model_state_dict(train_model, state["model"], options=FULL)
-        set_optimizer_state_dict(train_model, opt, state["opt"], options=FULL)
-        sched.load_state_dict(state["sched"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if use_gan:
-            set_model_state_dict(train_disc, state["disc"], options=FULL)
-            set_optimizer_state_dict(train_disc, opt_d, state["opt_d"], options=FULL)
-        counters.update({k: int(v) for k, v in state["counters"].items()})
+    if state is not None:
+        with state_of(ckpt_path):
+            step = int(state["step"])
+            set_model_state_dict(train_model, state["model"], options=FULL)
+            load_optimizer_state(train_model, opt, state["opt"])
+            sched.load_state_dict(state["sched"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            if use_gan:
+                set_model_state_dict(train_disc, state["disc"], options=FULL)
+                load_optimizer_state(train_disc, opt_d, state["opt_d"])
+            counters.update({k: int(v) for k, v in state["counters"].items()})
         restore_rng(state["rng"], d)
-        if d.main:
+    val_clips = load_val_clips(cfg, arch.spatial_compression) if eval_model is not None else []
+
+    # ---- the run folder: written only now that every input is checked --------------------------------------
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        if state is not None:
+            rewind_log(run_dir / "log.jsonl", step)  # a kill after the checkpoint logged later steps
             logger.info(f"resumed from {ckpt_path} at step {step}")
 
-    def checkpoint() -> None:
+    def checkpoint() -> Path | None:
         state = {
             "model": get_model_state_dict(train_model, options=FULL),
-            "opt": get_optimizer_state_dict(train_model, opt, options=FULL),
+            "opt": optimizer_state(train_model, opt),
             "sched": sched.state_dict(),
             "ema": ema.state_dict() if ema is not None else {},
             "counters": dict(counters),
@@ -210,16 +240,15 @@ def train_ae(
         }
         if use_gan:
             state["disc"] = get_model_state_dict(train_disc, options=FULL)
-            state["opt_d"] = get_optimizer_state_dict(train_disc, opt_d, options=FULL)
-        save_run_state(run_dir / "checkpoints", step, state, d, keep=cfg.keep_checkpoints)
+            state["opt_d"] = optimizer_state(train_disc, opt_d)
+        return save_run_state(run_dir / "checkpoints", step, state, d, keep=cfg.keep_checkpoints)
 
     def full_weights() -> dict[str, torch.Tensor]:
         """Unsharded weights to validate and export: the EMA when on. Call on every rank."""
         return ema.state_dict() if ema is not None else get_model_state_dict(train_model, options=FULL)
 
     log = RunLog(run_dir, cfg.tensorboard) if d.main else None
-    val_clips = load_val_clips(cfg, arch.spatial_compression) if eval_model is not None else []
-    loader = iter(
+    loader = iter_batches(
         make_loader(files, cfg.data, cfg.seed, step, cfg.batch_size, cfg.grad_accum, d.rank, d.world)
     )
     amp = autocast(d, cfg.precision)
@@ -227,6 +256,7 @@ def train_ae(
     last_layer = model.decoder.conv_out.weight
     t_last, samples_last = time.time(), counters["samples"]
     last_step = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    last_checkpoint = ckpt_path
 
     signals = contextlib.ExitStack()
     stop = signals.enter_context(stop_signals())
@@ -281,6 +311,7 @@ def train_ae(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 train_model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             )
+            lr = opt.param_groups[0]["lr"]  # this step's (the scheduler moves it on below)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
@@ -315,7 +346,7 @@ def train_ae(
                 metrics = {f"train/{k}": v for k, v in sums.items()}
                 metrics.update(
                     {
-                        "train/lr": sched.get_last_lr()[0],
+                        "train/lr": lr,
                         "train/grad_norm": float(grad_norm),
                         "perf/clips_per_s": clips_per_s,
                         "perf/peak_mem_gib": peak_memory_gib(d.device),
@@ -336,13 +367,16 @@ def train_ae(
                     eval_model.load_state_dict(weights)
                     log.log(step, validate(eval_model, val_clips, run_dir / "val", step))
             if step % cfg.checkpoint_every == 0:
-                checkpoint()
+                last_checkpoint = checkpoint()
         if step % cfg.checkpoint_every != 0:
-            checkpoint()  # at exit: the end of the run, or a stop signal
+            last_checkpoint = checkpoint()  # at exit: the end of the run, or a stop signal
     finally:
         signals.close()
         if log is not None:
             log.close()
+    if stop.requested and step < cfg.steps:
+        d.barrier()
+        raise TrainingInterrupted(stop.signal, f"at step {step} of {cfg.steps}, checkpoint {last_checkpoint}")
 
     # ---- export ---------------------------------------------------------------------------------------------
     out = run_dir / "model"
@@ -353,7 +387,5 @@ def train_ae(
         with atomic_dir(out, overwrite=True) as tmp:
             final.save_pretrained(tmp)
         logger.info(f"model written to {out}" + (" (EMA weights)" if ema is not None else ""))
-    if stop.requested and d.main:
-        logger.info(f"stopped by signal {stop.signal} at step {step}; resume with --resume auto")
     d.barrier()
     return out
