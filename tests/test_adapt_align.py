@@ -5,7 +5,6 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from adapt_parts import tiny_wan_transformer
 from dcvideogen.adapt import align, flow
 from dcvideogen.adapt.model import (
     LoraSpec,
@@ -20,6 +19,8 @@ from dcvideogen.adapt.model import (
 )
 from dcvideogen.adapt.train import plateau_update
 from dcvideogen.errors import DCVGError
+
+from adapt_parts import tiny_wan_transformer
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 

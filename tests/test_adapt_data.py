@@ -15,16 +15,6 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from adapt_parts import (
-    CAPTIONS,
-    DCAE_SCALING_FACTOR,
-    WAN_LATENTS_MEAN,
-    WAN_LATENTS_STD,
-    make_captioned_clips,
-    make_wan_base,
-    tiny_adapt_config,
-    write_image,
-)
 from dcvideogen.adapt import cache as adapt_cache
 from dcvideogen.adapt.cache import build_cache
 from dcvideogen.adapt.data import (
@@ -50,6 +40,17 @@ from dcvideogen.models.dcae_v.loading import load_autoencoder
 from dcvideogen.video import read_clip, write_video
 from dcvideogen.video.io import to_uint8
 from dcvideogen.video.transforms import resize_cover
+
+from adapt_parts import (
+    CAPTIONS,
+    DCAE_SCALING_FACTOR,
+    WAN_LATENTS_MEAN,
+    WAN_LATENTS_STD,
+    make_captioned_clips,
+    make_wan_base,
+    tiny_adapt_config,
+    write_image,
+)
 
 # ---- pairing ---------------------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import torch
 from diffusers import WanTransformer3DModel
 from safetensors import safe_open
 
-from adapt_parts import make_wan_base
 from dcvideogen.adapt.export import (
     ADAPTER_CONFIG,
     LORA_FILE,
@@ -37,6 +36,7 @@ from dcvideogen.errors import DCVGError
 from dcvideogen.models.dcae_v import AutoencoderDCV
 from dcvideogen.pipelines.loading import load_pipeline
 
+from adapt_parts import make_wan_base
 from pipeline_parts import (
     CLIP_DIM,
     TEXT_DIM,

@@ -11,12 +11,13 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from adapt_parts import make_captioned_clips, make_wan_base, tiny_adapt_config
 from dcvideogen.adapt.cache import build_cache
 from dcvideogen.adapt.result import read_adapted
 from dcvideogen.adapt.train import train_adapt
 from dcvideogen.errors import DCVGError
 from dcvideogen.models.dcae_v import AutoencoderDCV
+
+from adapt_parts import make_captioned_clips, make_wan_base, tiny_adapt_config
 
 STEPS = {"align_head.steps": 4, "finetune.steps": 4, "finetune.lora_rank": 4, "finetune.lora_alpha": 8.0}
 FAST = {"precision": "fp32", "tensorboard": False, "checkpoint_every": 2, "log_every": 1, "val_every": 100}
@@ -299,26 +300,14 @@ def test_gradient_accumulation_equals_the_larger_batch(t2v, tmp_path):
 def test_a_wan_2_2_style_base_adapts_through_the_same_code(tmp_path, clips):
     """Wan 2.2's VAE (2x2 patchify, 16x in space, its own channel count) as the base latent: the cache, the
     stage 1a pooling (base grid = new grid here) and the stages run unchanged."""
-    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+    from diffusers import WanPipeline, WanTransformer3DModel
 
     from pipeline_parts import scheduler, tiny_text_encoder, tiny_tokenizer
+    from test_eval_adapters import tiny_wan22
 
     torch.manual_seed(0)
     z = 6
-    vae = AutoencoderKLWan(
-        base_dim=8,
-        z_dim=z,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        is_residual=True,
-        in_channels=12,
-        out_channels=12,
-        patch_size=2,
-        scale_factor_spatial=16,
-        latents_mean=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-        latents_std=[1.0, 2.0, 0.5, 1.5, 1.0, 3.0],
-    )
+    vae = tiny_wan22()  # z_dim 6, 2x2 patchify, 16x in space
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,

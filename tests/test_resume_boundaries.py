@@ -29,10 +29,11 @@ import pytest
 import torch
 import yaml
 
-from adapt_parts import make_captioned_clips, make_wan_base, tiny_adapt_config
 from dcvideogen.training import checkpoint as ckpt
 from dcvideogen.training.config import load_config, to_dict
 from dcvideogen.training.trainer_ae import train_ae
+
+from adapt_parts import make_captioned_clips, make_wan_base, tiny_adapt_config
 
 
 @pytest.fixture(scope="module", autouse=True)
