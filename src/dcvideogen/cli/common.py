@@ -87,7 +87,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
         type=float,
         default=None,
         metavar="GIB",
-        help="tile automatically when a piece would need more activation memory than this",
+        help="tile automatically when a piece would need more memory than this (activations, carried context, output)",
     )
 
 

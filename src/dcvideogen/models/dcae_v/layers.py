@@ -25,21 +25,29 @@ class TemporalCache:
     """Per-layer left context carried between successive calls on consecutive pieces of one clip.
 
     Streaming encode/decode passes one cache through the network for every piece; each temporal
-    convolution reads the frames it saw last time and stores the frames the next piece will need.
+    convolution reads the frames it saw last time and stores the frames the next piece will need. For the
+    last piece of a clip `store` is False: each layer's context is handed over once and dropped, and
+    nothing new is kept, so the context of a whole frame is never held past its last use.
     """
 
     def __init__(self) -> None:
         self._frames: dict[int, torch.Tensor] = {}
+        self.store = True
 
     def get(self, layer: nn.Module) -> torch.Tensor | None:
-        return self._frames.get(id(layer))
+        return self._frames.get(id(layer)) if self.store else self._frames.pop(id(layer), None)
 
     def put(self, layer: nn.Module, frames: torch.Tensor | None) -> None:
-        if frames is not None:
+        if frames is not None and self.store:
             self._frames[id(layer)] = frames
 
     def __len__(self) -> int:
         return len(self._frames)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of context held (see AutoencoderDCV.context_bytes for the estimate)."""
+        return sum(f.numel() * f.element_size() for f in self._frames.values())
 
 
 _USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch, "mkldnn_convolution")
@@ -92,7 +100,8 @@ class TemporalConv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
         # x: (B, C_in, T, H, W) -> (B, C_out, T, H, W)
         context = cache.get(self) if cache is not None else None
-        groups, new_context = pad_temporal_chunks(x, self.temporal_padding, context)
+        keep = cache is not None and cache.store
+        groups, new_context = pad_temporal_chunks(x, self.temporal_padding, context, keep_context=keep)
         if cache is not None:
             cache.put(self, new_context)
         outs = [_conv3d_split(g, self.weight, self.bias, self.padding) for g in groups]
@@ -126,7 +135,8 @@ class ResBlock3d(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
         h = F.silu(self.conv1(x, cache))  # (B, C, T, H, W)
-        h = self.norm(self.conv2(h, cache))
+        h = self.conv2(h, cache)  # one statement each, so every intermediate is freed as soon as it is used
+        h = self.norm(h)
         return x + h
 
 

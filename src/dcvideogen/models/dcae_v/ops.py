@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .config import TemporalMode
 
@@ -56,9 +55,15 @@ def channel_duplicate_shortcut(
 def rms_norm_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS norm over the channel axis of (B, C, ...) with an affine weight and bias; computed in float32."""
     xf = x.float()
-    xf = xf * torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + eps)
+    y = xf * torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + eps)
+    del xf  # the float32 copy of a half-precision input
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    return (xf * weight.float().view(shape) + bias.float().view(shape)).to(x.dtype)
+    w, b = weight.float().view(shape), bias.float().view(shape)
+    if torch.is_grad_enabled() and (y.requires_grad or w.requires_grad or b.requires_grad):
+        y = y * w + b
+    else:  # in place at inference: one feature map less at the peak, the same values
+        y.mul_(w).add_(b)
+    return y.to(x.dtype)
 
 
 # ---- temporal padding (Sec. 3.2, Fig. 4) ----------------------------------------------------------------
@@ -96,27 +101,38 @@ def split_chunks(num_frames: int, chunk: int | None) -> list[tuple[int, int]]:
     return [(s, min(chunk, num_frames - s)) for s in range(0, num_frames, chunk)]
 
 
+def _copy_frames(dst: torch.Tensor, context: torch.Tensor, x: torch.Tensor, start: int) -> None:
+    """dst[:, :, j] = cat([context, x], dim=2)[:, :, start + j] for every j, without the concatenation."""
+    left, n = context.shape[2], dst.shape[2]
+    k = min(max(left - start, 0), n)  # frames that come from the context
+    if k:
+        dst[:, :, :k] = context[:, :, start : start + k]
+    if n > k:
+        dst[:, :, k:] = x[:, :, start + k - left : start + n - left]
+
+
 def pad_temporal_chunks(
-    x: torch.Tensor, pad: TemporalPadding, context: torch.Tensor | None
+    x: torch.Tensor, pad: TemporalPadding, context: torch.Tensor | None, keep_context: bool = True
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Cut x (B, C, T, H, W) into padded chunks ready for a 'valid' temporal convolution.
 
     Returns the padded chunks, grouped so that equal-length chunks are stacked along the batch axis
     ((B*n, C, left + L + right, H, W) each, in time order), and the context to carry to the next call
-    (the last `left` frames seen, or None when the mode carries nothing).
+    (the last `left` frames seen; None when the mode carries nothing or `keep_context` is False). Each group
+    is written once into its own tensor (one copy of x, not a concatenation and then a padded copy of it).
     """
     b, c, t, h, w = x.shape
-    if pad.left:
-        if not pad.carry or context is None:
-            ctx = x.new_zeros(b, c, pad.left, h, w)
-        elif context.shape[2] < pad.left:
-            ctx = torch.cat([x.new_zeros(b, c, pad.left - context.shape[2], h, w), context], dim=2)
-        else:
-            ctx = context
-        xc = torch.cat([ctx, x], dim=2)  # (B, C, left + T, H, W)
+    if not pad.carry or context is None:
+        ctx = x.new_zeros(b, c, pad.left, h, w)
+    elif context.shape[2] < pad.left:
+        ctx = torch.cat([x.new_zeros(b, c, pad.left - context.shape[2], h, w), context], dim=2)
     else:
-        xc = x
-    new_context = xc[:, :, xc.shape[2] - pad.left :].clone() if (pad.carry and pad.left) else None
+        ctx = context[:, :, context.shape[2] - pad.left :]
+    # The sequence the chunks read is cat([ctx, x]): chunk i starting at frame s of x reads [s, s + left + L).
+    new_context = None
+    if pad.carry and pad.left and keep_context:
+        new_context = x.new_empty(b, c, pad.left, h, w)
+        _copy_frames(new_context, ctx, x, t)
 
     groups: list[torch.Tensor] = []
     chunks = split_chunks(t, pad.chunk)
@@ -126,16 +142,15 @@ def pad_temporal_chunks(
             continue
         start, length = chunks[first]
         window = pad.left + length
-        # Chunk i reads xc[start_i : start_i + left + L]: its left context, then its own frames.
-        seg = xc[:, :, start : start + count * length + pad.left]
-        if count == 1:
-            g = seg  # (B, C, left + L, H, W)
-        else:
-            g = seg.unfold(2, window, length)  # (B, C, n, H, W, left + L)
-            g = g.permute(0, 2, 1, 5, 3, 4).reshape(b * count, c, window, h, w)
+        if count == 1 and window + pad.right == length:  # nothing to pad: a view
+            groups.append(x[:, :, start : start + length])
+            continue
+        g = x.new_empty(b, count, c, window + pad.right, h, w)  # (B, n, C, left + L + right, H, W)
+        for i in range(count):
+            _copy_frames(g[:, i, :, :window], ctx, x, start + i * length)
         if pad.right:
-            g = F.pad(g, (0, 0, 0, 0, 0, pad.right))
-        groups.append(g)
+            g[:, :, :, window:] = 0
+        groups.append(g.view(b * count, c, window + pad.right, h, w))
     return groups, new_context
 
 
