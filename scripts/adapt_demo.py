@@ -19,7 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the tiny-part builders the tests use, so both stay one code
 
 from adapt_parts import make_captioned_clips, make_wan_base  # noqa: E402
-
 from conftest import sample_clip_dir  # noqa: E402
 
 
