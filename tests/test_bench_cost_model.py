@@ -3,6 +3,7 @@ table, clip-size parsing and the Wan configurations; `dcvg bench tokens` end to 
 
 import csv
 import json
+import sys
 
 import pytest
 
@@ -177,6 +178,21 @@ def test_bench_tokens_cli(capsys, tmp_path):
     payload = json.loads((out / "tokens.json").read_text())
     assert payload["settings"]["model"] == "wan-1.3b" and payload["machine"]["torch"]
     assert (out / "tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_tokens_without_matplotlib(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    out = tmp_path / "tok"
+    code = main(["bench", "tokens", "--out", str(out), "--sizes", "480x832", "--frames", "80"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "32,760" in stdout and "7,800" in stdout and "8.95x" in stdout  # the table
+    skipped = [line for line in stdout.splitlines() if "PNG skipped" in line]
+    assert len(skipped) == 1 and "pip install matplotlib" in skipped[0]
+    assert len(list(csv.DictReader((out / "tokens.csv").read_text().splitlines()))) == 1
+    assert json.loads((out / "tokens.json").read_text())["rows"][0]["adapted_tokens"] == 7_800
+    assert sorted(p.name for p in out.iterdir()) == ["tokens.csv", "tokens.json"]  # no PNG
+    assert "tokens.png" not in stdout
 
 
 def test_bench_cli_errors(capsys, tmp_path):

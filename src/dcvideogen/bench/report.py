@@ -1,5 +1,5 @@
 """Bench outputs: a printed markdown table with the machine and settings, and CSV + JSON + PNG files,
-each written atomically."""
+each written atomically. The PNG needs matplotlib (the eval extra); without it the rest is still written."""
 
 from __future__ import annotations
 
@@ -85,15 +85,16 @@ def write_png(path: Path, figure: Any) -> None:
     plt.close(figure)
 
 
-def require_matplotlib() -> None:
-    """Fail before a long run, not after it, when the plots cannot be drawn."""
+PNG_SKIPPED = "PNG skipped: matplotlib is not installed (pip install matplotlib to get it)"
+
+
+def have_matplotlib() -> bool:
+    """Whether the PNG plots can be drawn (matplotlib is imported here, not at module load)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise DCVGError(
-            "dcvg bench draws its PNG plots with matplotlib, which is not installed; "
-            "pip install matplotlib (or the eval extra: pip install 'dcvideogen[eval]')"
-        ) from None
+        return False
+    return True
 
 
 def new_figure(panels: int) -> tuple[Any, list[Any]]:
@@ -108,14 +109,17 @@ def new_figure(panels: int) -> tuple[Any, list[Any]]:
 
 
 def write_outputs(
-    out: Path, stem: str, rows: Sequence[dict[str, Any]], payload: dict[str, Any], figure: Any
+    out: Path, stem: str, rows: Sequence[dict[str, Any]], payload: dict[str, Any], figure: Any | None
 ) -> list[Path]:
-    """`<out>/<stem>.csv`, `.json` (payload + rows) and `.png`; returns the paths written."""
+    """`<out>/<stem>.csv`, `.json` (payload + rows) and `.png` (not when `figure` is None); returns the
+    paths written."""
     out = prepare_out_dir(out)
-    paths = [out / f"{stem}.csv", out / f"{stem}.json", out / f"{stem}.png"]
+    paths = [out / f"{stem}.csv", out / f"{stem}.json"]
     write_csv(paths[0], rows)
     write_json(paths[1], {**payload, "rows": list(rows)})
-    write_png(paths[2], figure)
+    if figure is not None:
+        paths.append(out / f"{stem}.png")
+        write_png(paths[2], figure)
     return paths
 
 

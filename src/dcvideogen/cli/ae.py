@@ -57,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "output", nargs="?", default=None, help="output .mp4 or .gif (default: ./<name>.recon.mp4)"
     )
     p.add_argument("--side-by-side", action="store_true", help="write input | reconstruction side by side")
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the naive codec of the same fXtYcZ (frame means + area downsampling), the floor to beat",
+    )
     _add_input_args(p)
     add_model_args(p)
     add_device_args(p)
@@ -197,6 +202,64 @@ def _compression(model: AutoencoderDCV, frames: int, height: int, width: int) ->
 # ---- reconstruct ------------------------------------------------------------------------------------
 
 
+class _NaiveBaseline:
+    """PSNR/SSIM of the naive codec of the model's fXtYcZ (`evaluation/naive.py`) on the frames reconstruct
+    streams, piece by piece: memory stays flat. Frames short of a multiple of Y are carried to the next
+    piece, so the frame groups are those of the whole clip; the last group is padded by repeating the last
+    frame and cropped back (`VideoAutoencoder.reconstruct`)."""
+
+    def __init__(self, model: AutoencoderDCV) -> None:
+        from ..evaluation.adapters import NaiveCodecAdapter
+
+        a = model.arch
+        self.codec = NaiveCodecAdapter(a.spatial_compression, a.temporal_compression, a.latent_channels)
+        self.carry: torch.Tensor | None = None  # (3, t < Y, H, W)
+        self.psnrs: list[torch.Tensor] = []
+        self.ssims: list[torch.Tensor] = []
+        self.frames = 0
+
+    def add(self, orig: torch.Tensor) -> None:
+        """One piece (3, t, H, W) in [-1, 1], float32 on the CPU."""
+        import torch
+
+        if self.carry is not None:
+            orig = torch.cat([self.carry, orig], dim=1)
+        whole = orig.shape[1] // self.codec.temporal_factor * self.codec.temporal_factor
+        self.carry = orig[:, whole:] if whole < orig.shape[1] else None
+        if whole:
+            self._measure(orig[:, :whole])
+
+    def finish(self) -> None:
+        if self.carry is not None:
+            self._measure(self.carry)
+            self.carry = None
+
+    def _measure(self, x: torch.Tensor) -> None:
+        from ..metrics import psnr_per_frame, ssim_per_frame
+
+        recon = self.codec.reconstruct(x[None])[0]  # (3, t, H, W)
+        self.psnrs.append(psnr_per_frame(recon, x)[0])
+        if min(x.shape[-2:]) >= 11:
+            self.ssims.append(ssim_per_frame(recon, x)[0])
+        self.frames += x.shape[1]
+
+    def line(self, height: int, width: int) -> str:
+        import torch
+
+        from ..evaluation.naive import naive_size
+
+        c = self.codec
+        h, w = naive_size(height, width, c.model.factor)
+        values = 3 * -(-self.frames // c.temporal_factor) * h * w  # (3, T/Y, h, w), T padded to Y
+        ratio = 3 * self.frames * height * width / values
+        ssim = f"{torch.cat(self.ssims).mean().item():.4f}" if self.ssims else "n/a"
+        return (
+            f"naive codec  PSNR {torch.cat(self.psnrs).mean().item():.2f} dB, SSIM {ssim} ({c.name}: frame "
+            f"means + area downsampling to the latent's {c.compression_ratio:g}x nominal, {ratio:.3g}x for "
+            "this clip; the floor to beat)"
+        )
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -219,6 +282,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     psnrs, ssims = [], []
     frames = 0
+    baseline = None if args.no_baseline else _NaiveBaseline(model)
     bar = tqdm(total=total, unit="frame", desc="reconstruct", leave=False, disable=None)
     with VideoWriter(out, info.fps) as writer, torch.inference_mode():
         stream = model.reconstruct_stream(p[None].to(device) for p in pieces)
@@ -228,9 +292,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             if min(orig.shape[-2:]) >= 11:
                 ssims.append(ssim_per_frame(recon, orig)[0])
             writer.write(torch.cat([orig, recon], dim=-1) if args.side_by_side else recon)
+            if baseline is not None:
+                baseline.add(orig)
             frames += orig.shape[1]
             bar.update(orig.shape[1])
         bar.close()
+        if baseline is not None:
+            baseline.finish()
         _check_complete(args, info, frames)  # inside the writer: --strict leaves no output behind
     z = model.latent_shape(frames, info.height, info.width)
     ssim_txt = f"{torch.cat(ssims).mean().item():.4f}" if ssims else "n/a (frames under 11 px)"
@@ -238,6 +306,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     print(f"latent       {tuple(z)} (C, T, H, W); {_compression(model, frames, info.height, info.width)}")
     print(f"PSNR         {torch.cat(psnrs).mean().item():.2f} dB")
     print(f"SSIM         {ssim_txt}")
+    if baseline is not None:
+        print(baseline.line(info.height, info.width))
     print(f"wrote        {out}")
     return 0
 

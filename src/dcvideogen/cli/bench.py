@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DCVGError
 from .common import add_device_args, logger, resolve_device, resolve_dtype
@@ -191,7 +192,8 @@ def _add_out_arg(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument(
         "--out",
         default=f"dcvg-bench-{kind}",
-        help=f"output folder for {kind}.csv, {kind}.json and {kind}.png (created; default ./dcvg-bench-{kind})",
+        help=f"output folder for {kind}.csv, {kind}.json and {kind}.png (the PNG needs matplotlib; "
+        f"created; default ./dcvg-bench-{kind})",
     )
 
 
@@ -229,17 +231,23 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _finish(kind: str, title: str, table: str, args, machine, settings, rows, figure, notes=()) -> int:
-    from ..bench.report import describe_run, write_outputs
+def _finish(
+    kind: str, title: str, table: str, args, machine, settings, rows, draw: Callable[[], Any], notes=()
+) -> int:
+    """Print the table and write CSV + JSON, and the PNG `draw()` makes when matplotlib is installed."""
+    from ..bench.report import PNG_SKIPPED, describe_run, have_matplotlib, write_outputs
 
     out = Path(args.out)
     payload = {"bench": kind, "command": ["dcvg", *sys.argv[1:]], "machine": machine, "settings": settings}
+    figure = draw() if have_matplotlib() else None
     paths = write_outputs(out, kind, rows, {**payload, "notes": list(notes)}, figure)
     print(describe_run(title, machine, settings))
     print()
     print(table)
     for note in notes:
         print(f"note      {note}")
+    if figure is None:
+        print(f"note      {PNG_SKIPPED}")
     print("wrote     " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -253,12 +261,10 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     from ..bench.cost_model import WAN_VAE_LAYOUT, GridRounding
     from ..bench.measure import machine_info
     from ..bench.paper import PAPER_DEVICE
-    from ..bench.report import require_matplotlib
     from ..bench.sizes import parse_clip_sizes
     from ..bench.tokens import token_figure, token_rows, token_table
     from ..bench.wan import load_wan_config
 
-    require_matplotlib()
     model = load_wan_config(args.model)
     clips = parse_clip_sizes(args.sizes, args.frames)
     _check_positive(args.text_tokens, "--text-tokens")
@@ -289,9 +295,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             f"paper TFLOP/s: FLOPs per forward x {per_step} x {PAPER_STEPS} steps / the paper's time"
         )
     table = token_table(rows)
-    return _finish(
-        "tokens", "dcvg bench tokens", table, args, machine, settings, rows, token_figure(rows), notes
-    )
+    draw = functools.partial(token_figure, rows)
+    return _finish("tokens", "dcvg bench tokens", table, args, machine, settings, rows, draw, notes)
 
 
 def _resolve_peak(
@@ -326,7 +331,6 @@ def cmd_transformer(args: argparse.Namespace) -> int:
     from ..bench.cost_model import GridRounding
     from ..bench.measure import machine_info
     from ..bench.paper import PAPER_DEVICE
-    from ..bench.report import require_matplotlib
     from ..bench.sizes import parse_clip_sizes
     from ..bench.transformer import (
         TransformerBenchSettings,
@@ -337,7 +341,6 @@ def cmd_transformer(args: argparse.Namespace) -> int:
     )
     from ..bench.wan import load_wan_config
 
-    require_matplotlib()
     model = load_wan_config(args.model)
     clips = parse_clip_sizes(args.sizes, args.frames)
     _check_positive(args.text_tokens, "--text-tokens")
@@ -374,19 +377,15 @@ def cmd_transformer(args: argparse.Namespace) -> int:
     if any(r["paper_speedup"] for r in rows):
         notes.append(f"paper: Table 7, {PAPER_DEVICE}, transformer only, {PAPER_STEPS} steps")
     table = transformer_table(rows, args.steps, args.cfg)
-    figure = transformer_figure(rows)
-    return _finish(
-        "transformer", "dcvg bench transformer", table, args, machine, settings, rows, figure, notes
-    )
+    draw = functools.partial(transformer_figure, rows)
+    return _finish("transformer", "dcvg bench transformer", table, args, machine, settings, rows, draw, notes)
 
 
 def cmd_ae(args: argparse.Namespace) -> int:
     from ..bench.autoencoder import AEBenchSettings, AEMode, ae_figure, ae_table, run_ae_bench
     from ..bench.measure import machine_info
-    from ..bench.report import require_matplotlib
     from ..bench.sizes import parse_clip_sizes
 
-    require_matplotlib()
     names = tuple(args.ae or ("dc-ae-v-f32t4c32", "wan-2.1"))
     clips = parse_clip_sizes(args.sizes, args.frames)
     try:
@@ -421,5 +420,5 @@ def cmd_ae(args: argparse.Namespace) -> int:
         notes = ["peak memory on CPU: resident-set growth sampled every 2 ms (approximate)"]
     else:
         notes = ["peak memory: torch's peak allocation above what was allocated before the call"]
-    figure = ae_figure(rows)
-    return _finish("ae", "dcvg bench ae", ae_table(rows), args, machine, s.describe(), rows, figure, notes)
+    draw = functools.partial(ae_figure, rows)
+    return _finish("ae", "dcvg bench ae", ae_table(rows), args, machine, s.describe(), rows, draw, notes)
