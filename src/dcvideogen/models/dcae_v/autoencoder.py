@@ -28,6 +28,7 @@ channel count, zero frames or pixels, and NaN or Inf values (one min/max pass ov
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,8 @@ from .config import PRESETS, DCAEVConfig, TemporalMode, get_preset
 from .layers import Downsample3d, ResBlock3d, RMSNorm3d, TemporalCache, TemporalConv3d, Upsample3d
 from .ops import TemporalPadding, channel_to_space_time, space_time_to_channel
 from .tiling import Tile, TileBlender, host_memory_available, plan_tiles, tile_spans
+
+logger = logging.getLogger("dcvg")
 
 # ---- helpers ------------------------------------------------------------------------------------------
 
@@ -299,6 +302,7 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
             if self.arch.temporal_mode is TemporalMode.CHUNK_CAUSAL
             else self.arch.chunk_size
         )
+        self.use_slicing = False
         self.use_tiling = False
         self.tile_size = 256
         self.tile_overlap = 64
@@ -339,14 +343,108 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
     def disable_streaming(self) -> None:
         self.use_streaming = False
 
-    def enable_tiling(self, tile_size: int = 256, tile_overlap: int = 64) -> None:
-        """Always tile frames in `tile_size` pixel squares overlapping by `tile_overlap` (multiples of the spatial factor)."""
+    def enable_slicing(self) -> None:
+        """Encode / decode / reconstruct a batch one video at a time (diffusers' `enable_slicing`).
+
+        The output is allocated once and each video written into it, so memory beyond the output is that of
+        one video. Equal to the batched result up to float rounding, when both use the same tiles (the
+        automatic tile plan is made for the batch size actually run, so a batch too large for the budget
+        may be tiled where a single video is not).
+        """
+        self.use_slicing = True
+
+    def disable_slicing(self) -> None:
+        self.use_slicing = False
+
+    def enable_tiling(
+        self,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        *,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+    ) -> None:
+        """Always tile frames in `tile_size` pixel squares overlapping by `tile_overlap` (multiples of the
+        spatial factor; default 256 and 64).
+
+        Or with diffusers' keywords (AutoencoderKLWan, AutoencoderDC): tile size `tile_sample_min_*` and
+        stride `tile_sample_stride_*` = tile size - overlap. A size or overlap left out takes the other
+        axis' value, else the current setting (so the overlap is kept when no stride is given). Tiles are square: when height and width differ, the
+        larger tile and the larger overlap are used (logged).
+        """
+        diffusers_style = {
+            "tile_sample_min_height": tile_sample_min_height,
+            "tile_sample_min_width": tile_sample_min_width,
+            "tile_sample_stride_height": tile_sample_stride_height,
+            "tile_sample_stride_width": tile_sample_stride_width,
+        }
+        given = {k: v for k, v in diffusers_style.items() if v is not None}
+        if given:
+            if tile_size is not None or tile_overlap is not None:
+                raise ValueError(
+                    f"enable_tiling: give tile_size / tile_overlap (got {tile_size} / {tile_overlap}) or the "
+                    f"diffusers keywords ({', '.join(f'{k}={v}' for k, v in given.items())}), not both"
+                )
+            tile_size, tile_overlap = self._square_tiles(
+                tile_sample_min_height,
+                tile_sample_min_width,
+                tile_sample_stride_height,
+                tile_sample_stride_width,
+            )
+        tile_size = 256 if tile_size is None else tile_size
+        tile_overlap = 64 if tile_overlap is None else tile_overlap
         f = self.spatial_compression_ratio
         if tile_size % f or tile_overlap % f or not 0 <= tile_overlap < tile_size:
+            names = (
+                ", ".join(f"{k}={v}" for k, v in given.items())
+                if given
+                else f"tile_size {tile_size} and tile_overlap {tile_overlap}"
+            )
             raise ValueError(
-                f"tile_size {tile_size} and tile_overlap {tile_overlap} must be multiples of {f} with overlap < size"
+                f"enable_tiling: {names} give tiles of {tile_size} pixels overlapping by {tile_overlap}; both "
+                f"must be multiples of {f} with 0 <= overlap < size (stride between 1 and the tile size)"
             )
         self.use_tiling, self.tile_size, self.tile_overlap = True, tile_size, tile_overlap
+
+    def _square_tiles(
+        self,
+        min_height: int | None,
+        min_width: int | None,
+        stride_height: int | None,
+        stride_width: int | None,
+    ) -> tuple[int, int]:
+        """(tile_size, tile_overlap) of diffusers' tile keywords; see `enable_tiling`."""
+        for axis, size, stride in (("height", min_height, stride_height), ("width", min_width, stride_width)):
+            if stride is not None and not 0 < stride <= (size or stride):
+                raise ValueError(
+                    f"enable_tiling: tile_sample_stride_{axis}={stride} must be between 1 and "
+                    f"tile_sample_min_{axis}={size} (the stride is the tile size less the overlap)"
+                )
+        min_height = min_height or min_width or self.tile_size
+        min_width = min_width or min_height
+        overlap_height = None if stride_height is None else min_height - stride_height
+        overlap_width = None if stride_width is None else min_width - stride_width
+        overlap_height = next(o for o in (overlap_height, overlap_width, self.tile_overlap) if o is not None)
+        overlap_width = overlap_height if overlap_width is None else overlap_width
+        for axis, size, overlap in (
+            ("height", min_height, overlap_height),
+            ("width", min_width, overlap_width),
+        ):
+            if not 0 <= overlap < size:
+                raise ValueError(
+                    f"enable_tiling: tile_sample_min_{axis}={size} with an overlap of {overlap} pixels gives a "
+                    f"stride of {size - overlap}; the stride must be between 1 and the tile size"
+                )
+        tile, overlap = max(min_height, min_width), max(overlap_height, overlap_width)
+        if (min_height, overlap_height) != (min_width, overlap_width):
+            logger.warning(
+                "DC-AE-V tiles are square: tiles of %dx%d pixels overlapping by %dx%d (height x width) run "
+                "as %d-pixel tiles overlapping by %d",
+                min_height, min_width, overlap_height, overlap_width, tile, overlap,
+            )  # fmt: skip
+        return tile, overlap
 
     def disable_tiling(self) -> None:
         self.use_tiling = False
@@ -751,13 +849,28 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         """
         self._check_shape(x, latent=False, what="encode")
         check_finite(x, "encode: the video")
+        slicing = self.use_slicing and x.shape[0] > 1
+        if self._one_shot() and not slicing:
+            z = self._stream_piece(_Stream(decoder=False), x, last=True)
+            return EncoderOutput(latent=z) if return_dict else (z,)
+        # One output, written piece by piece (and video by video when slicing): no concatenation.
+        z = x.new_empty((x.shape[0], *self.latent_shape(*x.shape[2:])), dtype=self.dtype)  # (B, Z, T', h, w)
+        for i in range(x.shape[0]) if slicing else [None]:
+            batch = slice(None) if i is None else slice(i, i + 1)
+            self._encode_into(x[batch], z[batch])
+        return EncoderOutput(latent=z) if return_dict else (z,)
+
+    def _encode_into(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Encode x (b, 3, T, H, W) into `out` (b, Z, T', h, w), one stream piece at a time."""
         stream = _Stream(decoder=False)
         if self._one_shot():
-            z = self._stream_piece(stream, x, last=True)
-        else:
-            outs = [z for z, _, _ in self._encode_pieces([x], stream, whole=True)]
-            z = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-        return EncoderOutput(latent=z) if return_dict else (z,)
+            out.copy_(self._stream_piece(stream, x, last=True))
+            return
+        start = 0
+        for z, _, _ in self._encode_pieces([x], stream, whole=True):
+            out[:, :, start : start + z.shape[2]] = z  # (b, Z, t', h, w)
+            start += z.shape[2]
+        assert start == out.shape[2], f"encoded {start} latent frames into {tuple(out.shape)}"
 
     def decode(
         self,
@@ -775,14 +888,36 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         self._check_shape(z, latent=True, what="decode")
         check_finite(z, "decode: the latent")
         self._check_crop(num_frames, height, width, z)
-        stream = _Stream(decoder=True)
-        if self._one_shot():
-            x = self._stream_piece(stream, z, last=True, keep=num_frames)
-        else:
-            outs = list(self._decode_pieces(_with_last(self._latent_chunks(z)), stream, num_frames))
-            x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-        x = x[:, :, :num_frames, :height, :width]
+        slicing = self.use_slicing and z.shape[0] > 1
+        if self._one_shot() and not slicing:
+            x = self._stream_piece(_Stream(decoder=True), z, last=True, keep=num_frames)
+            x = x[:, :, :num_frames, :height, :width]
+            return DecoderOutput(sample=x) if return_dict else (x,)
+        # One output of the cropped size, written piece by piece (and video by video when slicing): the
+        # peak is the output and one piece, whatever the clip's length.
+        f, tc = self.spatial_compression_ratio, self.temporal_compression_ratio
+        b, _, t, h, w = z.shape
+        shape = (b, self.arch.in_channels, num_frames or t * tc, height or h * f, width or w * f)
+        x = z.new_empty(shape, dtype=self.dtype)  # (B, 3, T, H, W)
+        for i in range(b) if slicing else [None]:
+            batch = slice(None) if i is None else slice(i, i + 1)
+            self._decode_into(z[batch], x[batch], num_frames)
         return DecoderOutput(sample=x) if return_dict else (x,)
+
+    def _decode_into(self, z: torch.Tensor, out: torch.Tensor, num_frames: int | None) -> None:
+        """Decode z (b, Z, T', h, w) into `out` (b, 3, T, H, W), cropping each piece to out's frame size."""
+        stream = _Stream(decoder=True)
+        height, width = out.shape[-2:]
+        if self._one_shot():
+            out.copy_(
+                self._stream_piece(stream, z, last=True, keep=num_frames)[:, :, :num_frames, :height, :width]
+            )
+            return
+        start = 0
+        for x in self._decode_pieces(_with_last(self._latent_chunks(z)), stream, num_frames):
+            out[:, :, start : start + x.shape[2]] = x[..., :height, :width]  # (b, 3, t, H, W)
+            start += x.shape[2]
+        assert start == out.shape[2], f"decoded {start} frames into {tuple(out.shape)}"
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
         """Reconstruction with exactly the input's shape."""
