@@ -339,3 +339,18 @@ def test_a_wan_2_2_style_base_adapts_through_the_same_code(tmp_path, clips):
         for k, v in json.loads(line).items()
     }
     assert log["align/heldout_mse_exact"] < log["align/heldout_mse_random"]
+
+
+def test_missing_extra_is_named_in_one_line(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    from dcvideogen.cli.main import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a)
+    )
+    (tmp_path / "adapt.yaml").write_text("seed: 0\n")
+    assert main(["adapt", "train", "--config", str(tmp_path / "adapt.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "peft" in err[0] and "dcvideogen[adapt]" in err[0]

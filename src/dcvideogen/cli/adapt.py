@@ -16,7 +16,10 @@ import shlex
 from pathlib import Path
 
 from ..errors import DCVGError
+from .common import require_extra
 from .train import interrupted
+
+ADAPT_MODULES = ("transformers", "peft", "accelerate")
 
 STAGE_NAMES = ("align-embedder", "align-head", "finetune")
 
@@ -90,6 +93,7 @@ def _quiet_other_ranks() -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    require_extra("adapt", "AE-Adapt-V", ADAPT_MODULES)
     from ..adapt.cache import build_cache
     from ..adapt.config import load_adapt_config
     from ..training.engine import setup_distributed
@@ -106,6 +110,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    require_extra("adapt", "AE-Adapt-V", ADAPT_MODULES)
     from ..adapt.config import load_adapt_config
     from ..adapt.train import train_adapt
     from ..training.checkpoint import list_checkpoints
@@ -146,6 +151,7 @@ def resume_command(args: argparse.Namespace, out: Path) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    require_extra("adapt", "AE-Adapt-V", ADAPT_MODULES)
     from ..adapt.export import export_run
 
     out = export_run(args.run, args.out, fuse=args.fuse, base=args.base, autoencoder=args.autoencoder)

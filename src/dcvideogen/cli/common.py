@@ -147,3 +147,14 @@ def describe_model(model: AutoencoderDCV, name: str) -> str:
         f", chunk {a.chunk_size} frames" if a.temporal_mode.value == "chunk_causal" else ""
     )
     return f"{name}: DC-AE-V {a.name} ({mode}), compression {a.compression_ratio:g}x"
+
+
+def require_extra(extra: str, what: str, modules: tuple[str, ...]) -> None:
+    """DCVGError naming the missing libraries and the extra that installs them (no traceback later)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DCVGError(
+            f"{what} needs {' and '.join(missing)}; install the extra: pip install 'dcvideogen[{extra}]'"
+        )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import DCVGError
-from .common import DTYPES, check_not_input, positive_fps, resolve_device, torch_dtype
+from .common import DTYPES, check_not_input, positive_fps, require_extra, resolve_device, torch_dtype
 
 logger = logging.getLogger("dcvg")
 
@@ -189,19 +189,8 @@ def _make_scheduler(pipe, name: str, flow_shift: float | None):
     )
 
 
-def _require_pipeline_extra() -> None:
-    """The pipelines need transformers (text and image encoders); say how to get it instead of a traceback."""
-    import importlib.util
-
-    missing = [m for m in ("transformers", "accelerate") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise DCVGError(
-            f"video generation needs {' and '.join(missing)}; install the extra: pip install 'dcvideogen[pipelines]'"
-        )
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
-    _require_pipeline_extra()
+    require_extra("pipelines", "video generation", ("transformers", "accelerate"))
     import torch
 
     from ..pipelines.conditioning import resolve_geometry
@@ -364,7 +353,7 @@ def _versions() -> dict[str, str]:
 
 
 def cmd_convert_pipeline(args: argparse.Namespace) -> int:
-    _require_pipeline_extra()
+    require_extra("pipelines", "video generation", ("transformers", "accelerate"))
     from ..pipelines.loading import convert_released
 
     folder = convert_released(args.source, args.outdir, args.task, args.ae_chunk_size, args.link)
