@@ -4,7 +4,8 @@
   (DC-AE's residual autoencoding, carried to video in Sec. 3.1);
 - RMS normalisation over channels;
 - temporal padding of a convolution for the three temporal modes (Sec. 3.2, Fig. 4), with the left
-  context carried from the previous call so a clip can be processed chunk after chunk.
+  context carried from the previous call so a clip can be processed chunk after chunk;
+- replicate padding of a clip (or of one tile of it) to whole chunks and the spatial factor.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .config import TemporalMode
+from .tiling import Tile
 
 
 def space_time_to_channel(x: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
@@ -162,3 +165,44 @@ def merge_temporal_chunks(groups: list[torch.Tensor], batch: int) -> torch.Tenso
         _, c, t, h, w = g.shape
         out.append(g.reshape(batch, n, c, t, h, w).transpose(1, 2).reshape(batch, c, n * t, h, w))
     return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+
+
+# ---- frame and size padding (the policy of `AutoencoderDCV.encode`) -------------------------------------
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_to(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """Replicate-pad (B, C, T, H, W) at the end of time and the bottom/right of space to the given size."""
+    t, h, w = x.shape[2:]
+    pt, ph, pw = frames - t, height - h, width - w
+    assert min(pt, ph, pw) >= 0, f"cannot pad {tuple(x.shape)} to {(frames, height, width)}"
+    if pt:
+        x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pt, -1, -1)], dim=2)
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate")
+    return x
+
+
+def pad_video(x: torch.Tensor, frame_multiple: int, spatial_multiple: int) -> torch.Tensor:
+    """Replicate-pad (B, C, T, H, W) at the end of time and the bottom/right of space to the multiples."""
+    t, h, w = x.shape[2:]
+    return pad_to(
+        x, round_up(t, frame_multiple), round_up(h, spatial_multiple), round_up(w, spatial_multiple)
+    )
+
+
+def padded_region(x: torch.Tensor, tile: Tile, frames: int) -> torch.Tensor:
+    """Tile `tile` of the padded frame, cut from x (B, C, T, H, W) and then padded to `frames` frames and the
+    tile's size, without padding all of x.
+
+    Equal to `pad_to(x, frames, H', W')[..., tile rows, tile columns]` for any padded size H' x W' the tile
+    lies in: replicate padding commutes with cropping as long as the tile starts inside x, which tiles of a
+    padded frame always do (the padding is smaller than a tile).
+    """
+    h, w = x.shape[-2:]
+    assert tile.y < h and tile.x < w, f"{tile} starts in the padding of a {h}x{w} frame"
+    region = x[..., tile.y : tile.y + tile.h, tile.x : tile.x + tile.w]  # (B, C, t, <=th, <=tw)
+    return pad_to(region, frames, tile.h, tile.w)
