@@ -13,17 +13,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from ...errors import DCVGError
 from .layers import TemporalConv3d
 from .ops import round_up
 from .tiling import host_memory_available, tile_spans
-
-if TYPE_CHECKING:
-    from .autoencoder import AutoencoderDCV
 
 GIB = 2**30
 
@@ -65,7 +62,7 @@ class Stream:
 # ---- memory estimates ----------------------------------------------------------------------------------
 
 
-def convs(model: AutoencoderDCV, decoder: bool) -> Iterator[tuple[TemporalConv3d, int, int]]:
+def convs(model: nn.Module, decoder: bool) -> Iterator[tuple[TemporalConv3d, int, int]]:
     """Every temporal convolution in execution order, with the spatial and temporal down-scaling of
     its input."""
     cfg, s, t = model.arch, 1, 1
@@ -100,7 +97,7 @@ def itemsize(dtype: torch.dtype) -> int:
 
 
 def activation_bytes(
-    model: AutoencoderDCV, frames: int, height: int, width: int, decoder: bool = False, batch: int = 1
+    model: nn.Module, frames: int, height: int, width: int, decoder: bool = False, batch: int = 1
 ) -> int:
     """Peak activation memory (bytes) of encoding or decoding one piece or tile at inference.
 
@@ -120,9 +117,7 @@ def activation_bytes(
     return int(largest * batch * frames * height * width) * per_element
 
 
-def context_bytes(
-    model: AutoencoderDCV, height: int, width: int, decoder: bool = False, batch: int = 1
-) -> int:
+def context_bytes(model: nn.Module, height: int, width: int, decoder: bool = False, batch: int = 1) -> int:
     """Bytes every temporal convolution keeps for the next piece of a streamed clip (its last input
     frames)."""
     per_pixel = sum(
@@ -134,7 +129,7 @@ def context_bytes(
 
 
 def memory_needed(
-    model: AutoencoderDCV,
+    model: nn.Module,
     frames: int,
     height: int,
     width: int,
@@ -175,7 +170,7 @@ def memory_needed(
 # ---- the plan ------------------------------------------------------------------------------------------
 
 
-def budget(model: AutoencoderDCV) -> tuple[int, str]:
+def budget(model: nn.Module) -> tuple[int, str]:
     """Bytes a piece may allocate, and where that number comes from (for messages)."""
     if model.memory_budget is not None:
         return model.memory_budget, "memory_budget"
@@ -202,7 +197,7 @@ def tile_candidates(height: int, width: int, f: int) -> Iterator[tuple[int, int]
 
 
 def plan_piece(
-    model: AutoencoderDCV, piece: dict, extra: int = 0
+    model: nn.Module, piece: dict, extra: int = 0
 ) -> tuple[tuple[int, int] | None, MemoryEstimate]:
     """Tile plan of a piece described by `piece` (the arguments of `memory_needed`), and its estimate.
 
@@ -230,7 +225,7 @@ def plan_piece(
 
 
 def too_large(
-    model: AutoencoderDCV,
+    model: nn.Module,
     piece: dict,
     plan: tuple[int, int] | None,
     need: MemoryEstimate,
@@ -255,7 +250,7 @@ def too_large(
     )
 
 
-def piece_shape(model: AutoencoderDCV, x: torch.Tensor, decoder: bool, last: bool, keep: int | None) -> dict:
+def piece_shape(model: nn.Module, x: torch.Tensor, decoder: bool, last: bool, keep: int | None) -> dict:
     """Arguments of `memory_needed` for the piece x (video, or latent for the decoder)."""
     f, tc = model.spatial_compression_ratio, model.temporal_compression_ratio
     b, _, t, h, w = x.shape
@@ -269,7 +264,7 @@ def piece_shape(model: AutoencoderDCV, x: torch.Tensor, decoder: bool, last: boo
     )  # fmt: skip
 
 
-def plan_stream(model: AutoencoderDCV, stream: Stream, x: torch.Tensor, last: bool, keep: int | None) -> None:
+def plan_stream(model: nn.Module, stream: Stream, x: torch.Tensor, last: bool, keep: int | None) -> None:
     """Fix the tile plan of a stream (and its partner's) from its first piece, before any work."""
     piece = piece_shape(model, x, stream.decoder, last, keep)
     if stream.partner is None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from ...errors import DCVGError
 from .config import DCAEVConfig
@@ -26,10 +26,6 @@ from .layers import TemporalCache
 from .ops import pad_to, padded_region
 from .planning import Stream, plan_stream
 from .tiling import Tile, TileBlender, plan_tiles
-
-if TYPE_CHECKING:
-    from .autoencoder import AutoencoderDCV
-
 
 # ---- input checks ---------------------------------------------------------------------------------------
 
@@ -112,7 +108,7 @@ def check_crop(
 
 
 def stream_piece(
-    model: AutoencoderDCV, stream: Stream, x: torch.Tensor, last: bool, keep: int | None = None
+    model: nn.Module, stream: Stream, x: torch.Tensor, last: bool, keep: int | None = None
 ) -> torch.Tensor:
     """Run one piece of a clip with the stream's plan and caches; `last`: no piece follows."""
     if not stream.planned:
@@ -122,7 +118,7 @@ def stream_piece(
 
 
 def run_piece(
-    model: AutoencoderDCV,
+    model: nn.Module,
     x: torch.Tensor,
     caches: dict | None,
     decoder: bool,
@@ -171,13 +167,13 @@ def run_piece(
 # ---- streaming core -------------------------------------------------------------------------------------
 
 
-def one_shot(model: AutoencoderDCV) -> bool:
+def one_shot(model: nn.Module) -> bool:
     """Whole clip at once: under autograd (so gradient checkpointing applies) or when streaming is off."""
     return not model.use_streaming or torch.is_grad_enabled()
 
 
 def encode_pieces(
-    model: AutoencoderDCV, pieces: Iterable[torch.Tensor], stream: Stream, whole: bool = False
+    model: nn.Module, pieces: Iterable[torch.Tensor], stream: Stream, whole: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
     """Encode consecutive pieces (B, 3, t_i, H, W) `stream_frames` frames at a time.
 
@@ -204,7 +200,7 @@ def encode_pieces(
 
 
 def decode_pieces(
-    model: AutoencoderDCV,
+    model: nn.Module,
     latents: Iterable[tuple[torch.Tensor, bool]],
     stream: Stream,
     num_frames: int | None,
@@ -238,7 +234,7 @@ def decode_pieces(
         yield run(buffer, True)
 
 
-def encode_into(model: AutoencoderDCV, x: torch.Tensor, out: torch.Tensor) -> None:
+def encode_into(model: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
     """Encode x (b, 3, T, H, W) into `out` (b, Z, T', h, w), one stream piece at a time."""
     stream = Stream(decoder=False)
     if one_shot(model):
@@ -251,7 +247,7 @@ def encode_into(model: AutoencoderDCV, x: torch.Tensor, out: torch.Tensor) -> No
     assert start == out.shape[2], f"encoded {start} latent frames into {tuple(out.shape)}"
 
 
-def decode_into(model: AutoencoderDCV, z: torch.Tensor, out: torch.Tensor, num_frames: int | None) -> None:
+def decode_into(model: nn.Module, z: torch.Tensor, out: torch.Tensor, num_frames: int | None) -> None:
     """Decode z (b, Z, T', h, w) into `out` (b, 3, T, H, W), cropping each piece to out's frame size."""
     stream = Stream(decoder=True)
     height, width = out.shape[-2:]
@@ -267,7 +263,7 @@ def decode_into(model: AutoencoderDCV, z: torch.Tensor, out: torch.Tensor, num_f
     assert start == out.shape[2], f"decoded {start} frames into {tuple(out.shape)}"
 
 
-def latent_chunks(model: AutoencoderDCV, z: torch.Tensor) -> list[torch.Tensor]:
+def latent_chunks(model: nn.Module, z: torch.Tensor) -> list[torch.Tensor]:
     """z (B, Z, T', h, w) cut into pieces of `stream_frames` output frames."""
     piece = model.stream_frames // model.temporal_compression_ratio
     return [z[:, :, s : s + piece] for s in range(0, z.shape[2], piece)]
