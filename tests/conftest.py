@@ -53,3 +53,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def random_video(b=1, t=16, h=64, w=64, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_two(worker, make_args, out: Path) -> None:
+    """Run `worker(rank, *make_args(port))` on 2 spawned processes. Retried once, on a fresh port and a clean
+    `out`, only when a process was killed by a signal (gloo's teardown aborts now and then on a loaded
+    machine); a Python error in a worker or a wrong result still fails the test."""
+    import shutil
+
+    import torch.multiprocessing as mp
+
+    for attempt in range(2):
+        try:
+            mp.start_processes(worker, args=make_args(free_port()), nprocs=2, join=True, start_method="spawn")
+            return
+        except mp.ProcessExitedException as e:
+            if attempt or not e.signal_name:
+                raise
+            shutil.rmtree(out, ignore_errors=True)

@@ -3,12 +3,10 @@ mid-stage and across a stage boundary, 2 gloo processes = 1 process (DDP and FSD
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from dcvideogen.adapt.cache import build_cache
@@ -18,6 +16,7 @@ from dcvideogen.errors import DCVGError
 from dcvideogen.models.dcae_v import AutoencoderDCV
 
 from adapt_parts import make_captioned_clips, make_wan_base, tiny_adapt_config
+from conftest import spawn_two
 
 STEPS = {"align_head.steps": 4, "finetune.steps": 4, "finetune.lora_rank": 4, "finetune.lora_alpha": 8.0}
 FAST = {"precision": "fp32", "tensorboard": False, "checkpoint_every": 2, "log_every": 1, "val_every": 100}
@@ -149,12 +148,6 @@ def test_adamw_alignment_and_full_finetune(t2v, tmp_path):
 # ---- 2 processes ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world, port, cfg_dict, run, parallel):
     os.environ.update(
         RANK=str(rank),
@@ -187,12 +180,8 @@ def test_two_gloo_processes_equal_one_with_the_same_global_batch(t2v, tmp_path, 
     torch.set_num_threads(1)
     train_adapt(one, tmp_path / "one")
     two = cfg_for(t2v, **steps, **{"align_head.batch_size": 1, "finetune.batch_size": 1})
-    mp.start_processes(
-        _worker,
-        args=(2, _free_port(), to_dict(two), str(tmp_path / "two"), parallel),
-        nprocs=2,
-        join=True,
-        start_method="spawn",
+    spawn_two(
+        _worker, lambda port: (2, port, to_dict(two), str(tmp_path / "two"), parallel), tmp_path / "two"
     )
     torch.set_num_threads(2)
     a = load_file(tmp_path / "one" / "adapted" / "adapted.safetensors")

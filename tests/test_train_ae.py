@@ -5,14 +5,12 @@ boundary: test_resume_boundaries.py."""
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from dcvideogen.errors import DCVGError
@@ -22,6 +20,8 @@ from dcvideogen.training.data import ClipDataset, scan_media
 from dcvideogen.training.discriminator import VideoDiscriminator
 from dcvideogen.training.trainer_ae import TrainingDiverged, train_ae
 from dcvideogen.video import read_video
+
+from conftest import spawn_two
 
 TINY = ["model.preset=dc-ae-v-f32t4c32-tiny", "data.workers=0", "tensorboard=false", "optim.ema_decay=0.9"]
 
@@ -91,12 +91,6 @@ def test_tiny_model_overfits_one_real_clip(one_clip, tmp_path):
     assert (tmp_path / "run" / "val" / "step-00000060-carphone64.mp4").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, folder: str, out: str, parallel: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -146,12 +140,8 @@ def weights_at_init() -> torch.Tensor:
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_process_gloo_equals_one_process_with_the_same_global_batch(single_process_run, parallel):
     root = single_process_run
-    mp.start_processes(
-        _worker,
-        args=(2, _free_port(), str(root / "data"), str(root / parallel), parallel),
-        nprocs=2,
-        join=True,
-        start_method="spawn",
+    spawn_two(
+        _worker, lambda port: (2, port, str(root / "data"), str(root / parallel), parallel), root / parallel
     )
     torch.set_num_threads(2)
     a, b = weights(root / parallel), weights(root / "single")
