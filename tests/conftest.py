@@ -79,3 +79,19 @@ def spawn_two(worker, make_args, out: Path) -> None:
             if attempt or not e.signal_name:
                 raise
             shutil.rmtree(out, ignore_errors=True)
+
+
+def assert_same_training(a: dict, b: dict, lr: float, steps: int, max_flipped: float = 1e-3) -> None:
+    """Weights of two runs that differ only in the order of float sums (ranks, threads) after `steps` Adam
+    steps at `lr`. Adam divides by sqrt(v): where a gradient is at the level of rounding noise its sign can
+    flip between the runs, which moves that element by up to about lr per step in each run. So: every
+    element within 4 lr steps, and all but a `max_flipped` fraction of all elements within 1e-5 (+1e-4
+    relative); data read twice or by the wrong rank, or a missing gradient all-reduce, breaks that."""
+    assert a.keys() == b.keys()
+    off = total = 0
+    for k in a:
+        diff = (a[k].float() - b[k].float()).abs()
+        assert diff.max().item() <= 4 * lr * steps, (k, diff.max().item())
+        off += int((diff > 1e-5 + 1e-4 * b[k].float().abs()).sum())
+        total += diff.numel()
+    assert off <= max_flipped * total, f"{off} of {total} weights differ by more than 1e-5"
