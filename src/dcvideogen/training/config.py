@@ -35,6 +35,14 @@ class DataConfig:
     max_scale: float = 2.0
     hflip: bool = True
     image_ratio: float = 0.2  # probability that a sample is an image repeated as a static clip
+    camera_ratio: float = 0.0  # probability that an image sample is a camera move (pan + zoom), not static
+    max_zoom: float = 2.0  # camera moves: window zoom drawn in [1, max_zoom] at the start and at the end
+    # Colour augmentation, one draw per clip (0 disables each): hue rotation up to +-hue turns, saturation
+    # and contrast scaled by U(1 - s, 1 + s), brightness shifted by U(-b, b) (on the [-1, 1] scale).
+    hue: float = 0.0
+    saturation: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
     exclude: list[str] = field(
         default_factory=list
     )  # file names (or globs) to leave out, e.g. held-out clips
@@ -108,6 +116,16 @@ class TrainConfig:
             (self.data.num_frames >= 1 and self.data.size >= 1, "data.num_frames and data.size must be >= 1"),
             (0 <= self.data.image_ratio <= 1, f"data.image_ratio={self.data.image_ratio} must be in [0, 1]"),
             (0 < self.data.min_scale <= self.data.max_scale, "need 0 < data.min_scale <= data.max_scale"),
+            (
+                0 <= self.data.camera_ratio <= 1,
+                f"data.camera_ratio={self.data.camera_ratio} must be in [0, 1]",
+            ),
+            (self.data.max_zoom >= 1, f"data.max_zoom={self.data.max_zoom} must be >= 1"),
+            (
+                min(self.data.hue, self.data.saturation, self.data.contrast, self.data.brightness) >= 0
+                and max(self.data.saturation, self.data.contrast) < 1,
+                "data.hue/brightness must be >= 0 and data.saturation/contrast in [0, 1)",
+            ),
             (
                 self.checkpoint_every >= 1 and self.log_every >= 1 and self.val_every >= 1,
                 "intervals must be >= 1",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import DCVGError
 from ..video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, probe_video, read_clip
+from ..video.transforms import camera_move, resize_short_side
 from .config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,38 @@ def random_crop_resize(clip: torch.Tensor, size: int, scale: float, fy: float, f
     return clip[:, :, y : y + size, x : x + size]
 
 
+# RGB <-> YIQ (NTSC): hue is the angle of the (I, Q) chroma vector, saturation its length.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def color_matrix(hue_turns: float, saturation: float) -> torch.Tensor:
+    """(3, 3) RGB -> RGB: rotate the chroma by `hue_turns` of a full turn and scale it by `saturation`."""
+    a = 2 * math.pi * hue_turns
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
+    rot[1:, 1:] *= saturation
+    return _YIQ_TO_RGB @ rot @ _RGB_TO_YIQ
+
+
+def color_augment(
+    clip: torch.Tensor, hue_turns: float, saturation: float, contrast: float, brightness: float
+) -> torch.Tensor:
+    """(3, T, H, W) in [-1, 1] -> the same clip with its colours changed, clamped to [-1, 1]: chroma rotated and
+    scaled (`color_matrix`), contrast scaled about the clip's mean, then `brightness` added."""
+    x = torch.einsum("ij,jthw->ithw", color_matrix(hue_turns, saturation), clip.float())
+    mean = x.mean()
+    x = (x - mean) * contrast + mean + brightness
+    return x.clamp(-1, 1).to(clip.dtype)
+
+
+def draw_camera_move(g: torch.Generator, max_zoom: float) -> tuple[tuple, tuple]:
+    """Random start and end windows (cy, cx, zoom) of a camera move (`video.transforms.camera_move`)."""
+    u = torch.rand(6, generator=g).tolist()
+    start = (u[0], u[1], 1 + (max_zoom - 1) * u[2])
+    end = (u[3], u[4], 1 + (max_zoom - 1) * u[5])
+    return start, end
+
+
 class ClipDataset(Dataset):
     """Map-style dataset over an infinite index space: item i is the i-th random clip of the stream."""
 
@@ -134,6 +168,23 @@ class ClipDataset(Dataset):
         start = int(torch.randint(f.num_frames - span + 1, (), generator=g))
         return f, start, stride
 
+    def _camera_clip(self, image: torch.Tensor, scale: float, g: torch.Generator) -> torch.Tensor:
+        """(C, H, W) -> (C, T, size, size): a camera move over the image, resized like a video (short side
+        size * scale) first."""
+        cfg = self.cfg
+        image = resize_short_side(image, max(cfg.size, round(cfg.size * scale))).clamp(-1, 1)
+        start, end = draw_camera_move(g, cfg.max_zoom)
+        return camera_move(image, cfg.num_frames, cfg.size, cfg.size, start, end)
+
+    def _recolor(self, clip: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg
+        if not (cfg.hue or cfg.saturation or cfg.contrast or cfg.brightness):
+            return clip
+        u = (2 * torch.rand(4, generator=g) - 1).tolist()  # four draws in [-1, 1]
+        return color_augment(
+            clip, cfg.hue * u[0], 1 + cfg.saturation * u[1], 1 + cfg.contrast * u[2], cfg.brightness * u[3]
+        )
+
     def __getitem__(self, index: int) -> dict:
         cfg = self.cfg
         g = sample_generator(self.seed, index)
@@ -154,11 +205,15 @@ class ClipDataset(Dataset):
                 continue
             scale = cfg.min_scale + (cfg.max_scale - cfg.min_scale) * torch.rand((), generator=g).item()
             fy, fx = torch.rand(2, generator=g).tolist()
-            clip = random_crop_resize(clip, cfg.size, scale, fy, fx)
+            if f.is_image and cfg.camera_ratio > 0 and torch.rand((), generator=g).item() < cfg.camera_ratio:
+                clip = self._camera_clip(clip[:, 0], scale, g)
+            else:
+                clip = random_crop_resize(clip, cfg.size, scale, fy, fx)
+                if f.is_image:
+                    clip = clip.expand(-1, cfg.num_frames, -1, -1)
             if cfg.hflip and torch.rand((), generator=g).item() < 0.5:
                 clip = clip.flip(-1)
-            if f.is_image:
-                clip = clip.expand(-1, cfg.num_frames, -1, -1)
+            clip = self._recolor(clip, g)
             return {"video": clip.contiguous(), "index": index, "skipped": skipped}
         raise DCVGError(
             f"{MAX_RETRIES} clips in a row could not be read (last: {f.path}); check the data folder"
