@@ -85,7 +85,7 @@ def write_png(path: Path, figure: Any) -> None:
     plt.close(figure)
 
 
-PNG_SKIPPED = "PNG skipped: matplotlib is not installed (pip install matplotlib to get it)"
+PNG_SKIPPED = "PNG skipped: matplotlib is not installed (pip install 'dcvideogen[eval]' to get it)"
 
 
 def have_matplotlib() -> bool:

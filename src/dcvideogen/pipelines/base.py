@@ -7,6 +7,10 @@ are a multiple of 4 (not 4k + 1), the latent grid is (T/4, H/32, W/32), latents 
 diffusion space in `models.dcae_v.latents`, and decoding streams chunk by chunk, tiling in space when a
 chunk would not fit in memory. The denoising loop is written once and takes the task's transformer
 input and timesteps as two small functions.
+
+A saved folder also carries a small module file naming its pipeline class (`loader_module_source`):
+diffusers' generic `DiffusionPipeline.from_pretrained` looks `model_index.json`'s `_class_name` up in the
+diffusers namespace only, and a custom pipeline file in the folder is the way it offers around that.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from diffusers.video_processor import VideoProcessor
 
 from ..errors import DCVGError
 from ..models.dcae_v.latents import from_diffusion_space, to_diffusion_space
+from ..utils.atomic import atomic_file
 from .conditioning import VideoGeometry, check_transformer_channels, resolve_geometry
 
 logger = logging.getLogger(__name__)
@@ -33,6 +38,27 @@ logger = logging.getLogger(__name__)
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def loader_module(task: str) -> str:
+    """Name (no .py) of the module file a saved `task` folder carries for diffusers' generic loader: one name per
+    task, because diffusers re-runs every local custom pipeline file in one cached module per name, where a
+    class imported by an earlier folder would stay and make the pipeline class ambiguous."""
+    return f"dcvideogen_{task}"
+
+
+def loader_module_source(pipeline_class: type, task: str) -> str:
+    """The module file of a saved folder: it imports `pipeline_class` from the installed package, the one
+    `DiffusionPipeline` subclass that diffusers' custom pipeline loading then finds in it."""
+    name = pipeline_class.__name__
+    return (
+        f'"""The pipeline class of this folder for diffusers\' generic loader (needs `pip install dcvideogen`):\n\n'
+        f'    DiffusionPipeline.from_pretrained(FOLDER, custom_pipeline="{loader_module(task)}", trust_remote_code=True)\n\n'
+        f"It only imports {name} from the installed dcvideogen package; written by save_pretrained.\n"
+        '"""\n\n'
+        f"from dcvideogen.pipelines import {name}\n\n"
+        f'__all__ = ["{name}"]\n'
+    )
 
 
 class _Timer:
@@ -87,6 +113,13 @@ class DCVideoGenMixin:
         folder = inspect_model_folder(path, cls.task)
         folder.check(ae_chunk_size)
         return cls(**released_parts(folder, dtype, ae_chunk_size=ae_chunk_size))
+
+    def save_config(self, save_directory: str | Path, push_to_hub: bool = False, **kwargs) -> None:
+        """diffusers' `save_config` (model_index.json; `save_pretrained` calls it first), plus the module file
+        that lets diffusers' generic loader resolve this class (see `loader_module_source`)."""
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        with atomic_file(Path(save_directory) / f"{loader_module(self.task)}.py") as tmp:
+            tmp.write_text(loader_module_source(type(self), self.task))
 
     # ---- checks -------------------------------------------------------------------------------------------
     @property
@@ -367,13 +400,20 @@ class DCVideoGenMixin:
             negative_prompt_embeds = negative_prompt_embeds.to(dtype)
         return prompt_embeds, negative_prompt_embeds
 
+    def _decode_batch(self, latents: torch.Tensor, geometry: VideoGeometry) -> torch.Tensor:
+        """Diffusion-space latent (B, Z, T', h, w) -> video (B, 3, T, H, W) on the CPU; one video at a time
+        after `vae.enable_slicing()`, as diffusers' pipelines decode a sliced batch."""
+        if not (self.vae.use_slicing and latents.shape[0] > 1):
+            return torch.cat(list(self.decode_latents(latents, geometry)), dim=2)
+        return torch.cat([torch.cat(list(self.decode_latents(z, geometry)), dim=2) for z in latents.split(1)])
+
     def _finish_call(self, latents: torch.Tensor, geometry: VideoGeometry, output_type: str):
         """Decode (unless output_type is "latent") and release offload hooks."""
         if output_type == "latent":
             video = latents
         else:
             with self._timer("decode"):
-                video = torch.cat(list(self.decode_latents(latents, geometry)), dim=2)  # (B, 3, T, H, W)
+                video = self._decode_batch(latents, geometry)  # (B, 3, T, H, W)
             video = self.video_processor.postprocess_video(video, output_type=output_type)
         steps = self._num_timesteps
         if "denoise" in self.timings and steps:

@@ -22,7 +22,7 @@ class RunLog:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
                 logger.info(
-                    "tensorboard is not installed; logging to log.jsonl only (pip install tensorboard)"
+                    "tensorboard is not installed; logging to log.jsonl only (pip install 'dcvideogen[train]')"
                 )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
