@@ -56,3 +56,31 @@ def test_tiled_reconstruction_stays_close_to_untiled(heldout):
     # or wrongly cropped tile costs far more
     assert psnr(tiled, heldout) >= psnr(whole, heldout) - 0.5
     assert psnr(tiled, whole) >= 27.0
+
+
+# The bundled model against the naive codec of its compression (384x) on the test split of the project's
+# footage (evaluation/footage.py: 6 clips, first 8 frames each here). docs/models.md has the 32-frame table:
+# today's model LOSES by 4.25 dB (mean 18.17 against 22.42; on these 8-frame cuts -3.83 dB, 18.00 against
+# 21.83: `python scripts/eval_default_model.py data/samples/test --frames 8`). Issue 11 asks for +2 dB and a
+# colour error under 3 levels; until a model that meets it ships, this floor guards the measured state: a
+# broken export, scaling or architecture costs far more than the 1 dB margin.
+NAIVE_GAIN_FLOOR_DB = -4.8
+
+
+@pytest.fixture(scope="session")
+def test_split(tmp_path_factory):
+    pytest.importorskip("skimage")
+    from dcvideogen.evaluation.footage import write_split
+
+    return write_split("test", tmp_path_factory.mktemp("footage_test"))
+
+
+def test_bundled_model_against_the_naive_codec_on_the_test_split(test_split):
+    from dcvideogen.evaluation.adapters import DCAEVAdapter, NaiveCodecAdapter
+    from dcvideogen.evaluation.footage import score_clip, score_table
+
+    ae = DCAEVAdapter(load_autoencoder(None, dtype=torch.float32))
+    naive = NaiveCodecAdapter(32, 4, 32)
+    scores = [score_clip(ae, naive, p, frames=8) for p in sorted(test_split)]
+    gain = sum(s.psnr - s.naive_psnr for s in scores) / len(scores)
+    assert len(scores) == 6 and gain >= NAIVE_GAIN_FLOOR_DB, score_table(scores)
