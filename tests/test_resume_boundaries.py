@@ -403,3 +403,70 @@ def test_adaptation_refuses_other_settings_and_empty_caches_before_writing(adapt
     with pytest.raises(DCVGError, match="run dcvg adapt cache first"):
         train_adapt(changed(cfg, data__cache=str(tmp_path / "empty")), tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+# ---- the adaptation trainer across a resolution stage (issue 14) ---------------------------------------------
+
+# Global steps: 1a = 1, 1b = 2, 2 = 3..4, resolution stage "hi" = 5..7 (2 buckets each, EMA on: the stage
+# continues stage 2's raw weights, AdamW state and EMA from the carry in the checkpoint after step 4).
+# Checkpoints after 1, 2, 4 (stage ends), 6 (hi's step 2) and 7; validation after 2, 4, 6, 7.
+RES_STEPS = 7
+RES_STOPS = [3, 4, 5, 6]
+RES = {
+    **ADAPT,
+    "align_head.steps": 1,
+    "finetune.steps": 2,
+    "finetune.warmup_steps": 1,
+    "val_every": 2,
+    "data.buckets": [(8, 64, 96), (8, 96, 64)],
+}
+
+
+@pytest.fixture(scope="module")
+def resolution_setup(tmp_path_factory, clips):
+    """(config, the uninterrupted reference run) with base buckets and a two-bucket resolution stage."""
+    from dcvideogen.adapt.cache import build_cache
+    from dcvideogen.adapt.config import ResolutionStageConfig
+    from dcvideogen.adapt.train import train_adapt
+
+    root = tmp_path_factory.mktemp("resume_resolution")
+    source = make_captioned_clips(root / "clips", clips, n=5, frames=9, size=[(72, 96), (96, 72)])
+    cfg = tiny_adapt_config(root, make_wan_base(root / "base", "t2v"), source)
+    cfg = changed(cfg, **{k.replace(".", "__"): v for k, v in RES.items()})
+    hi = ResolutionStageConfig(
+        name="hi", steps=3, buckets=[(8, 96, 128), (8, 128, 96)], lr=1e-3, warmup_steps=2
+    )
+    cfg = changed(cfg, resolution_stages=[hi])
+    build_cache(cfg)
+    assert train_adapt(cfg, root / "reference") is not None
+    return cfg, root / "reference"
+
+
+def test_the_resolution_reference_continues_stage_2(resolution_setup):
+    _, ref = resolution_setup
+    rows = logged(ref)
+    assert [r["step"] for r in rows if "hi/train/loss" in r] == [5, 6, 7]
+    assert [int(p.name[5:13]) for p in ckpt.list_checkpoints(ref / "checkpoints")] == [1, 2, 4, 6, 7]
+    boundary = ckpt.load_checkpoint(ckpt.checkpoint_path(ref / "checkpoints", 4))
+    assert (boundary["stage"], boundary["finished"]) == ("finetune", True)
+    assert step_counts(boundary["carry"]["opt"]) == {2.0} and boundary["carry"]["ema"]
+    mid = ckpt.load_checkpoint(ckpt.checkpoint_path(ref / "checkpoints", 6))
+    assert (mid["stage"], mid["stage_step"]) == ("hi", 2) and step_counts(mid["opt"]) == {4.0}
+
+
+@pytest.mark.parametrize("stop", RES_STOPS)
+def test_a_run_stopped_around_a_resolution_stage_boundary_resumes_bit_for_bit(
+    resolution_setup, tmp_path, stop
+):
+    from dcvideogen.adapt.result import read_adapted
+    from dcvideogen.adapt.train import train_adapt
+
+    cfg, ref = resolution_setup
+    run = tmp_path / "run"
+    assert train_adapt(cfg, run, stop_after=stop) is None
+    assert int(ckpt.list_checkpoints(run / "checkpoints")[-1].name[5:13]) == stop
+    assert train_adapt(cfg, run, resume="auto") == run / "adapted"
+    assert_same_run(run, ref, RES_STEPS)
+    a, b = read_adapted(run), read_adapted(ref)
+    assert_same(a.state, b.state, "adapted")
+    assert without_timings(a.stages) == without_timings(b.stages)

@@ -1,13 +1,13 @@
 """`dcvg adapt cache`: encode captioned clips with both autoencoders and UMT5 (+ CLIP for I2V) into the
-sharded cache that `data.py` reads (layout there). Resumable (finished shards are kept), split across
-ranks, unreadable clips skipped and counted; every user error is raised before a model is loaded.
+sharded caches that `data.py` reads (layout there): data.cache for stages 1a, 1b, 2, data.cache/NAME for each
+resolution stage. Resumable (finished shards are kept), split across ranks, unreadable clips skipped and
+counted; every user error is raised before a model is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,8 +26,8 @@ from ..models.dcae_v.latents import to_diffusion_space
 from ..models.dcae_v.loading import load_autoencoder
 from ..pipelines.conditioning import image_condition_video
 from ..utils.atomic import atomic_file
-from ..video import VideoError, read_clip
-from ..video.io import to_uint8
+from ..video import VideoError, probe_video, read_clip
+from ..video.io import VideoInfo, to_uint8
 from ..video.transforms import resize_cover
 from .config import AdaptConfig
 from .data import (
@@ -39,12 +39,19 @@ from .data import (
     META_KEY,
     SHARD_RE,
     WAN_PIPELINES,
+    CacheSpec,
     ClipRecord,
     _read_json,
+    assign_bucket,
+    cache_spec,
+    cache_specs,
     find_clips,
+    shape_name,
     shard_name,
+    spread,
+    usable_frames,
 )
-from .pairing import dcae_frame_range, source_frames, wan_frame_range
+from .pairing import TEMPORAL_FACTOR, dcae_frame_range, source_frames, wan_frame_range
 
 logger = logging.getLogger("dcvg.adapt")
 
@@ -217,40 +224,52 @@ def load_image(path: Path, height: int, width: int) -> torch.Tensor:
     return resize_cover(read_clip(path, 0, 1)[:, 0], height, width)
 
 
-def load_source(record: ClipRecord, cfg: AdaptConfig) -> torch.Tensor:
-    """The source frames of a clip, (3, source_frames, H, W) in [-1, 1], read from frame 0 with
-    data.frame_stride, resized to cover (data.height, data.width) and center-cropped. VideoError when the
-    file is unreadable or too short."""
+def load_source(
+    record: ClipRecord, cfg: AdaptConfig, shape: tuple[int, int, int] | None = None
+) -> torch.Tensor:
+    """The source frames of a clip for bucket `shape` = (frames, H, W) (default: data.num_frames x data.height
+    x data.width), (3, source_frames, H, W) in [-1, 1], read from frame 0 with data.frame_stride, resized to
+    cover (H, W) and center-cropped. VideoError when the file is unreadable or too short."""
     d = cfg.data
-    video = read_clip(record.path, 0, source_frames(d.num_frames, d.pairing), d.frame_stride)  # (3, S, h, w)
-    return resize_cover(video, d.height, d.width)  # (3, S, H, W)
+    f, h, w = shape or (d.num_frames, d.height, d.width)
+    video = read_clip(record.path, 0, source_frames(f, d.pairing), d.frame_stride)  # (3, S, h0, w0)
+    return resize_cover(video, h, w)  # (3, S, H, W)
 
 
 def encode_clip(
-    enc: Encoders, frames: torch.Tensor, caption: str, cfg: AdaptConfig, image: torch.Tensor | None = None
+    enc: Encoders,
+    frames: torch.Tensor,
+    caption: str,
+    cfg: AdaptConfig,
+    image: torch.Tensor | None = None,
+    wan: bool = True,
 ) -> dict:
     """The cached tensors of one clip (see the module docstring), float32 on the CPU. frames: from
-    `load_source`; image: I2V, the given first frame (3, H, W), else each clip's own first frame is used."""
+    `load_source` (1 + 4k or 4k source frames, by the pairing); image: I2V, the given first frame (3, H, W),
+    else each clip's own first frame is used; wan: also the Wan latents (stage 1a's teacher input)."""
     d = cfg.data
-    wan_range = wan_frame_range(d.num_frames, d.pairing)
-    dcae_range = dcae_frame_range(d.num_frames, d.pairing)
+    num_frames = TEMPORAL_FACTOR * (frames.shape[1] // TEMPORAL_FACTOR)  # 4k for 1 + 4k (exact) or 4k
+    wan_range = wan_frame_range(num_frames, d.pairing)
+    dcae_range = dcae_frame_range(num_frames, d.pairing)
     x = frames.unsqueeze(0)  # (1, 3, S, H, W)
     wan_x = x[:, :, wan_range.start : wan_range.stop]  # (1, 3, 1 + 4k | 4k - 3, H, W)
     dcae_x = x[:, :, dcae_range.start : dcae_range.stop]  # (1, 3, 4k, H, W)
     out = {
         "latent": enc.dcae_latent(dcae_x)[0],  # (Z, k, H/32, W/32)
-        "wan_latent": enc.wan_latent(wan_x)[0],  # (16, 1 + k | k, H/8, W/8): all of it; pairing at use
         "text": enc.text_embedding(caption, d.text_tokens),  # (L, D)
     }
+    if wan:
+        out["wan_latent"] = enc.wan_latent(wan_x)[0]  # (16, 1 + k | k, H/8, W/8): all of it; pairing at use
     if cfg.model.task == "i2v":
         dcae_image = image if image is not None else dcae_x[0, :, 0]  # DC-AE-V clip's first frame (3, H, W)
-        wan_image = image if image is not None else wan_x[0, :, 0]  # Wan clip's first frame
         out["image_embeds"] = enc.image_features(dcae_image)  # (N, D_img)
-        cond = image_condition_video(dcae_image[None], d.num_frames)  # (1, 3, 4k, H, W): image x4, zeros
+        cond = image_condition_video(dcae_image[None], num_frames)  # (1, 3, 4k, H, W): image x4, zeros
         out["condition"] = enc.dcae_latent(cond)[0]  # (Z, k, H/32, W/32)
-        # As WanImageToVideoPipeline.prepare_latents: the image, then zeros, as many frames as the Wan clip.
-        wan_cond = torch.cat([wan_image[None, :, None], wan_x.new_zeros(wan_x[:, :, 1:].shape)], dim=2)
-        out["wan_condition"] = enc.wan_latent(wan_cond)[0]  # (16, 1 + k | k, H/8, W/8)
+        if wan:
+            wan_image = image if image is not None else wan_x[0, :, 0]  # Wan clip's first frame
+            # As WanImageToVideoPipeline.prepare_latents: the image, then zeros, as many frames as the Wan clip.
+            wan_cond = torch.cat([wan_image[None, :, None], wan_x.new_zeros(wan_x[:, :, 1:].shape)], dim=2)
+            out["wan_condition"] = enc.wan_latent(wan_cond)[0]  # (16, 1 + k | k, H/8, W/8)
     return {k: v.cpu() for k, v in out.items()}
 
 
@@ -261,10 +280,32 @@ def encode_clip(
 class CacheReport:
     folder: Path
     clips: int = 0  # cached clips in the shards present now
-    skipped: int = 0  # clips left out (unreadable or too short) in those shards
+    skipped: int = 0  # clips left out (unreadable, too short, or fitting no bucket)
     shards_written: list[int] = field(default_factory=list)  # by this call
     shards_kept: list[int] = field(default_factory=list)  # found done (this rank's)
     complete: bool = False  # index.json is written and up to date
+    bucket_clips: list[int] = field(default_factory=list)  # cached clips per bucket
+    stages: dict[str, CacheReport] = field(
+        default_factory=dict
+    )  # data.cache's report: the resolution stages'
+
+
+@dataclass
+class CachePlan:
+    """Which clips go into which shard of one cache folder, decided before any model loads."""
+
+    spec: CacheSpec
+    shards: list[tuple[int, list[ClipRecord]]]  # (bucket, clips) of shard 0, 1, ...
+    unassigned: list[dict]  # {"path", "reason"} of the clips no bucket takes
+    sources: int  # clips considered (after resolution_stages[].max_clips)
+
+    @property
+    def expected(self) -> list[list[str]]:
+        return [[str(r.path) for r in records] for _, records in self.shards]
+
+    @property
+    def bucketed(self) -> bool:
+        return len(self.spec.shapes) > 1
 
 
 def _autoencoder_id(spec: str) -> str:
@@ -273,32 +314,30 @@ def _autoencoder_id(spec: str) -> str:
     return str(Path(spec).resolve()) if Path(spec).exists() else spec
 
 
-def settings_fingerprint(cfg: AdaptConfig, base: WanBase) -> dict:
-    """The fingerprint keys that follow from the config and the base folder's configs (no model loaded)."""
-    d = cfg.data
-    return {
+def settings_fingerprint(cfg: AdaptConfig, base: WanBase, spec: CacheSpec | None = None) -> dict:
+    """The fingerprint keys that follow from the config, the cache's buckets and the base folder's configs (no
+    model loaded). One bucket: num_frames, height, width (as before buckets existed); several: "buckets"."""
+    d, spec = cfg.data, spec or cache_spec(cfg)
+    out = {
         "task": cfg.model.task,
         "base": str(base.path),
         "autoencoder": _autoencoder_id(cfg.model.autoencoder),
-        "num_frames": d.num_frames,
-        "height": d.height,
-        "width": d.width,
-        "pairing": d.pairing,
-        "frame_stride": d.frame_stride,
-        "text_tokens": d.text_tokens,
-        "wan_channels": base.wan_channels,
-        "text_dim": base.text_dim,
     }
+    if len(spec.shapes) == 1:
+        out.update(zip(("num_frames", "height", "width"), spec.shapes[0]))
+    else:
+        out["buckets"] = [list(shape) for shape in spec.shapes]
+    out.update(pairing=d.pairing, frame_stride=d.frame_stride, text_tokens=d.text_tokens)
+    out.update(wan_channels=base.wan_channels, text_dim=base.text_dim)
+    if not spec.wan:
+        out["wan_latents"] = False
+    if spec.max_clips:
+        out["max_clips"] = spec.max_clips
+    return out
 
 
 def _full_fingerprint(settings: dict, latent_channels: int, scaling_factor: float) -> dict:
-    order = ("task", "base", "autoencoder", "num_frames", "height", "width", "pairing", "frame_stride")
-    full = {k: settings[k] for k in order}
-    full.update(text_tokens=settings["text_tokens"], latent_channels=latent_channels)
-    full.update(
-        wan_channels=settings["wan_channels"], text_dim=settings["text_dim"], scaling_factor=scaling_factor
-    )
-    return full
+    return {**settings, "latent_channels": latent_channels, "scaling_factor": scaling_factor}
 
 
 def _check_same(where: Path, old: dict, new: dict) -> None:
@@ -321,11 +360,67 @@ def shard_metadata(path: Path) -> dict:
         ) from e
 
 
-def _existing_shards(
-    folder: Path, num_shards: int, expected: list[list[str]], settings: dict
-) -> dict[int, dict]:
-    """Metadata of the shards already in `folder`, each checked against the settings and the clip list."""
-    found = {}
+def probe_clips(records: list[ClipRecord], rank: int = 0, world: int = 1) -> dict[Path, VideoInfo | str]:
+    """`probe_video` of each clip: its VideoInfo, or the VideoError's message. Under torch.distributed each
+    rank probes every world-th clip and the results are gathered; otherwise this process probes them all."""
+    share = records[rank::world] if _distributed(world) else records
+    found: dict[Path, VideoInfo | str] = {}
+    for r in share:
+        try:
+            found[r.path] = probe_video(r.path)
+        except VideoError as e:
+            found[r.path] = str(e)
+    if _distributed(world):
+        parts: list = [None] * world
+        dist.all_gather_object(parts, found)
+        found = {path: info for part in parts for path, info in part.items()}
+    return found
+
+
+def _chosen(records: list[ClipRecord], spec: CacheSpec) -> list[ClipRecord]:
+    return [records[i] for i in spread(len(records), spec.max_clips)]
+
+
+def plan_cache(
+    cfg: AdaptConfig, spec: CacheSpec, records: list[ClipRecord], probe: dict[Path, VideoInfo | str]
+) -> CachePlan:
+    """Assign the clips to `spec`'s buckets (`assign_bucket` on the `probe_clips` results; one bucket takes
+    every clip unprobed, and a clip too short for it is skipped when read) and cut each bucket's clips into
+    shards of data.shard_size."""
+    d = cfg.data
+    chosen = _chosen(records, spec)
+    groups: list[list[ClipRecord]] = [[] for _ in spec.shapes]
+    unassigned = []
+    if len(spec.shapes) == 1:
+        groups[0] = chosen
+    else:
+        for r in chosen:
+            info = probe[r.path]
+            if isinstance(info, str):
+                unassigned.append({"path": str(r.path), "reason": info})
+                continue
+            b = assign_bucket(
+                info.num_frames, info.height, info.width, spec.shapes, d.pairing, d.frame_stride
+            )
+            if b is None:
+                need = min(source_frames(f, d.pairing) for f, _, _ in spec.shapes)
+                have = usable_frames(info.num_frames, d.frame_stride)
+                unassigned.append(
+                    {
+                        "path": str(r.path),
+                        "reason": f"{have} frames (data.frame_stride={d.frame_stride}), the shortest bucket needs {need}",
+                    }
+                )
+                continue
+            groups[b].append(r)
+    size = d.shard_size
+    shards = [(b, g[i : i + size]) for b, g in enumerate(groups) for i in range(0, len(g), size)]
+    return CachePlan(spec, shards, unassigned, len(chosen))
+
+
+def _existing_shards(folder: Path, plan: CachePlan, settings: dict) -> dict[int, dict]:
+    """Metadata of the shards already in `folder`, each checked against the settings and the plan."""
+    found, expected = {}, plan.expected
     for file in sorted(folder.glob("shard-*.safetensors")):
         m = SHARD_RE.match(file.name)
         if not m:
@@ -333,7 +428,11 @@ def _existing_shards(
         s = int(m.group(1))
         meta = shard_metadata(file)
         _check_same(file, meta.get("fingerprint", {}), settings)
-        if s >= num_shards or meta.get("sources") != expected[s]:
+        if (
+            s >= len(expected)
+            or meta.get("sources") != expected[s]
+            or meta.get("bucket", 0) != plan.shards[s][0]
+        ):
             raise DCVGError(
                 f"{file}: holds other clips than the clip list puts in shard {s} (data.source or data.shard_size "
                 "changed since it was written); use another data.cache folder, or delete this one"
@@ -361,22 +460,28 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict, dtype: torch
 
 
 def _write_shard(
-    enc: Encoders, cfg: AdaptConfig, s: int, records: Sequence[ClipRecord], fingerprint: dict, bar: tqdm
+    enc: Encoders,
+    cfg: AdaptConfig,
+    plan: CachePlan,
+    s: int,
+    fingerprint: dict,
+    bar: tqdm,
 ) -> None:
-    folder, dtype = Path(cfg.data.cache), CACHE_DTYPES[cfg.data.cache_dtype]
+    spec, (bucket, records) = plan.spec, plan.shards[s]
+    shape, dtype = spec.shapes[bucket], CACHE_DTYPES[cfg.data.cache_dtype]
     tensors, clips, skipped = {}, [], []
     for record in records:
         try:
-            frames = load_source(record, cfg)  # (3, S, H, W)
+            frames = load_source(record, cfg, shape)  # (3, S, H, W)
             image = None
             if cfg.model.task == "i2v" and record.image:
-                image = load_image(record.image, cfg.data.height, cfg.data.width)  # (3, H, W)
+                image = load_image(record.image, shape[1], shape[2])  # (3, H, W)
         except VideoError as e:
             logger.warning(f"skipping {record.path}: {e}")
             skipped.append({"path": str(record.path), "reason": str(e)})
             bar.update()
             continue
-        for key, value in encode_clip(enc, frames, record.caption, cfg, image).items():
+        for key, value in encode_clip(enc, frames, record.caption, cfg, image, wan=spec.wan).items():
             tensors[f"{len(clips)}.{key}"] = value
         clips.append(
             {
@@ -394,17 +499,20 @@ def _write_shard(
         "clips": clips,
         "skipped": skipped,
     }
-    _save(folder / shard_name(s), tensors, meta, dtype)
+    if plan.bucketed:
+        meta["bucket"] = bucket
+    _save(spec.folder / shard_name(s), tensors, meta, dtype)
 
 
-def _write_extras(enc: Encoders, cfg: AdaptConfig, fingerprint: dict) -> None:
+def _write_extras(enc: Encoders, cfg: AdaptConfig, spec: CacheSpec, fingerprint: dict) -> None:
     d = cfg.data
+    _, height, width = spec.shapes[0]  # the sample videos' size
     tensors = {"null_text": enc.text_embedding("", d.text_tokens)}  # the pipelines' unconditional prompt
     for i, prompt in enumerate(d.val_prompts):
         tensors[f"val_text.{i}"] = enc.text_embedding(prompt, d.text_tokens)
     if cfg.model.task == "i2v":
         for i, file in enumerate(d.val_images):
-            image = load_image(Path(file), d.height, d.width)  # (3, H, W)
+            image = load_image(Path(file), height, width)  # (3, H, W)
             tensors[f"val_image.{i}"] = image
             tensors[f"val_image_embeds.{i}"] = enc.image_features(image).cpu()
     meta = {
@@ -414,27 +522,42 @@ def _write_extras(enc: Encoders, cfg: AdaptConfig, fingerprint: dict) -> None:
         "val_images": [str(Path(p).resolve()) for p in d.val_images],
     }
     _save(
-        Path(d.cache) / EXTRAS_FILE,
+        spec.folder / EXTRAS_FILE,
         {k: v.cpu() for k, v in tensors.items()},
         meta,
         CACHE_DTYPES[d.cache_dtype],
     )
 
 
-def _index(cfg: AdaptConfig, fingerprint: dict, shards: dict[int, dict], num_sources: int) -> dict:
-    skipped = [item["path"] for s in sorted(shards) for item in shards[s]["skipped"]]
-    return {
+def _index(cfg: AdaptConfig, fingerprint: dict, shards: dict[int, dict], plan: CachePlan) -> dict:
+    skipped = [item["path"] for item in plan.unassigned]
+    skipped += [item["path"] for s in sorted(shards) for item in shards[s]["skipped"]]
+    entries = [{"file": shard_name(s), "clips": len(shards[s]["clips"])} for s in sorted(shards)]
+    if plan.bucketed:
+        for entry, s in zip(entries, sorted(shards)):
+            entry["bucket"] = plan.shards[s][0]
+    index = {
         "version": CACHE_VERSION,
         "fingerprint": fingerprint,
-        "shards": [{"file": shard_name(s), "clips": len(shards[s]["clips"])} for s in sorted(shards)],
+        "shards": entries,
         "clips": sum(len(m["clips"]) for m in shards.values()),
         "skipped": len(skipped),
         "skipped_files": skipped,
-        "sources": num_sources,
+        "sources": plan.sources,
         "shard_size": cfg.data.shard_size,
         "cache_dtype": cfg.data.cache_dtype,
         "extras": EXTRAS_FILE,
     }
+    if plan.bucketed:
+        index["bucket_clips"] = _bucket_clips(plan, shards)
+    return index
+
+
+def _bucket_clips(plan: CachePlan, shards: dict[int, dict]) -> list[int]:
+    counts = [0] * len(plan.spec.shapes)
+    for s, meta in shards.items():
+        counts[plan.shards[s][0]] += len(meta["clips"])
+    return counts
 
 
 def _distributed(world: int) -> bool:
@@ -444,7 +567,9 @@ def _distributed(world: int) -> bool:
 def build_cache(
     cfg: AdaptConfig, rank: int = 0, world: int = 1, device: str | torch.device = "cpu"
 ) -> CacheReport:
-    """Encode the clips of `data.source` into `data.cache` (layout in the module docstring).
+    """Encode the clips of `data.source` into every cache the config's stages read (`cache_specs`): data.cache
+    (stages 1a, 1b, 2; layout in data.py) and data.cache/NAME per resolution stage. Returns data.cache's
+    report, with the resolution stages' in `.stages`.
 
     Rank `rank` of `world` writes the missing shards s with s % world == rank; after all are done (a barrier
     when torch.distributed is initialised; otherwise whichever rank finds every shard present) rank 0 writes
@@ -461,21 +586,64 @@ def build_cache(
                 raise DCVGError(f"data.val_images: {file} does not exist; give one image file per val prompt")
     base = inspect_wan_base(cfg.model.base, cfg.model.task)
     records = find_clips(d.source)
-    folder = Path(d.cache)
-    if folder.exists() and not folder.is_dir():
-        raise DCVGError(f"data.cache={folder}: is a file; give a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    specs = cache_specs(cfg)
+    for spec in specs:
+        if spec.folder.exists() and not spec.folder.is_dir():
+            raise DCVGError(f"data.cache: {spec.folder} is a file; give a folder")
+    bucketed = {r.path: r for spec in specs if len(spec.shapes) > 1 for r in _chosen(records, spec)}
+    if bucketed:
+        logger.info(f"reading the frame count and size of {len(bucketed)} clips to choose their buckets")
+    probe = probe_clips(list(bucketed.values()), rank, world)
+    plans = [plan_cache(cfg, spec, records, probe) for spec in specs]
+    dev = torch.device(device)
+    text_dtype = torch.bfloat16 if cfg.precision == "bf16" and dev.type == "cuda" else torch.float32
+    enc = (
+        Encoders(base, cfg.model.autoencoder, dev, text_dtype) if _needs_encoders(cfg, base, plans) else None
+    )
+    reports = [_build_one(cfg, plan, base, enc, rank, world) for plan in plans]
+    reports[0].stages = {plan.spec.stage: r for plan, r in zip(plans[1:], reports[1:])}
+    return reports[0]
 
-    num_shards = -(-len(records) // d.shard_size)
-    expected = [
-        [str(r.path) for r in records[s * d.shard_size : (s + 1) * d.shard_size]] for s in range(num_shards)
-    ]
-    settings = settings_fingerprint(cfg, base)
+
+def _needs_encoders(cfg: AdaptConfig, base: WanBase, plans: list[CachePlan]) -> bool:
+    """False when every cache is complete with the same settings (nothing to encode)."""
+    for plan in plans:
+        index_file = plan.spec.folder / INDEX_FILE
+        if not index_file.is_file():
+            return True
+        index = _read_json(index_file)
+        _check_same(index_file, index.get("fingerprint", {}), settings_fingerprint(cfg, base, plan.spec))
+        shards = _existing_shards(plan.spec.folder, plan, settings_fingerprint(cfg, base, plan.spec))
+        if not _complete(cfg, plan, index, shards):
+            return True
+    return False
+
+
+def _complete(cfg: AdaptConfig, plan: CachePlan, index: dict | None, shards: dict[int, dict]) -> bool:
+    """Whether `index` is the index of exactly these shards, every one present, with current extras."""
+    if index is None or len(shards) != len(plan.shards) or not shards:
+        return False
+    fingerprint = next(iter(shards.values()))["fingerprint"]
+    return (
+        index.get("fingerprint") == fingerprint
+        and index.get("shards") == _index(cfg, fingerprint, shards, plan)["shards"]
+        and _extras_current(plan.spec.folder, fingerprint, cfg)
+    )
+
+
+def _build_one(
+    cfg: AdaptConfig, plan: CachePlan, base: WanBase, enc: Encoders | None, rank: int, world: int
+) -> CacheReport:
+    """`build_cache` for one cache folder."""
+    d, spec = cfg.data, plan.spec
+    folder = spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = settings_fingerprint(cfg, base, spec)
     index_file = folder / INDEX_FILE
     index = _read_json(index_file) if index_file.is_file() else None
     if index is not None:
         _check_same(index_file, index.get("fingerprint", {}), settings)
-    shards = _existing_shards(folder, num_shards, expected, settings)
+    shards = _existing_shards(folder, plan, settings)
     fingerprint = None
     if shards:  # the model-derived keys of what is there; all shards must agree
         fingerprint = next(iter(shards.values()))["fingerprint"]
@@ -483,68 +651,85 @@ def build_cache(
             _check_same(folder / shard_name(s), meta["fingerprint"], fingerprint)
     report = CacheReport(folder, shards_kept=sorted(s for s in shards if s % world == rank))
 
-    if (
-        index is not None
-        and len(shards) == num_shards
-        and index.get("fingerprint") == fingerprint
-        and index.get("shards") == _index(cfg, fingerprint, shards, len(records))["shards"]
-        and _extras_current(folder, fingerprint, cfg)
-    ):
+    if _complete(cfg, plan, index, shards):
         logger.info(
-            f"{folder}: complete ({index['clips']} clips in {num_shards} shards, same settings); nothing to do"
+            f"{folder}: complete ({index['clips']} clips in {len(plan.shards)} shards, same settings); nothing to do"
         )
-        return _finish(report, shards, complete=True)
+        return _finish(report, plan, shards, complete=True)
 
     if index is not None:  # out of date: a reader must not see it while shards are rewritten
         index_file.unlink(missing_ok=True)
-    dev = torch.device(device)
-    text_dtype = torch.bfloat16 if cfg.precision == "bf16" and dev.type == "cuda" else torch.float32
-    enc = Encoders(base, cfg.model.autoencoder, dev, text_dtype)
-    mine = [s for s in range(num_shards) if s % world == rank and s not in shards]
+    assert enc is not None, "an incomplete cache needs the encoders"
+    for item in plan.unassigned:
+        logger.warning(f"skipping {item['path']}: {item['reason']}")
+    mine = [s for s in range(len(plan.shards)) if s % world == rank and s not in shards]
     if mine:
         full = _full_fingerprint(settings, enc.dcae.arch.latent_channels, enc.scaling_factor)
         if fingerprint is not None:
             _check_same(folder, fingerprint, full)
         fingerprint = full
-        total = sum(len(expected[s]) for s in mine)
+        _warn_partial_chunks(spec, enc.dcae.arch.frame_multiple)
+        total = sum(len(plan.shards[s][1]) for s in mine)
         logger.info(f"rank {rank}: caching {total} clips in {len(mine)} shards into {folder}")
         with tqdm(total=total, desc="caching", unit="clip", disable=rank != 0) as bar:
             for s in mine:
-                _write_shard(
-                    enc, cfg, s, records[s * d.shard_size : (s + 1) * d.shard_size], fingerprint, bar
-                )
+                _write_shard(enc, cfg, plan, s, fingerprint, bar)
                 report.shards_written.append(s)
     if _distributed(world):
         dist.barrier()
-    shards = _existing_shards(folder, num_shards, expected, settings)
-    if len(shards) < num_shards:
-        missing = [s for s in range(num_shards) if s not in shards]
+    shards = _existing_shards(folder, plan, settings)
+    if len(shards) < len(plan.shards):
+        missing = [s for s in range(len(plan.shards)) if s not in shards]
         logger.info(
             f"rank {rank}: done; shards {missing} are left to other ranks, the last one writes the index"
         )
-        return _finish(report, shards, complete=False)
+        return _finish(report, plan, shards, complete=False)
     if rank == 0 or not _distributed(world):
+        if not shards:
+            raise DCVGError(
+                f"data.source={d.source}: none of the {plan.sources} clips fits a bucket of {folder} "
+                f"({', '.join(map(shape_name, spec.shapes))}; see the warnings); check the files or the buckets"
+            )
         fingerprint = fingerprint or next(iter(shards.values()))["fingerprint"]
-        new_index = _index(cfg, fingerprint, shards, len(records))
+        new_index = _index(cfg, fingerprint, shards, plan)
         if new_index["clips"] == 0:
             raise DCVGError(
-                f"data.source={d.source}: none of the {len(records)} clips could be cached (see the warnings); "
+                f"data.source={d.source}: none of the {plan.sources} clips could be cached (see the warnings); "
                 f"check the files, or lower data.num_frames={d.num_frames}"
             )
         if not _extras_current(folder, fingerprint, cfg):
-            _write_extras(enc, cfg, fingerprint)
+            _write_extras(enc, cfg, spec, fingerprint)
         with atomic_file(index_file) as tmp:
             tmp.write_text(json.dumps(new_index, indent=1))
+        per_bucket = ""
+        if plan.bucketed:
+            counts = new_index["bucket_clips"]
+            per_bucket = (
+                " (" + ", ".join(f"{shape_name(sh)}: {n}" for sh, n in zip(spec.shapes, counts)) + ")"
+            )
         logger.info(
-            f"{folder}: {new_index['clips']} clips cached in {num_shards} shards, {new_index['skipped']} skipped"
+            f"{folder}: {new_index['clips']} clips cached in {len(plan.shards)} shards{per_bucket}, "
+            f"{new_index['skipped']} skipped"
         )
     if _distributed(world):
         dist.barrier()
-    return _finish(report, shards, complete=True)
+    return _finish(report, plan, shards, complete=True)
 
 
-def _finish(report: CacheReport, shards: dict[int, dict], complete: bool) -> CacheReport:
+def _warn_partial_chunks(spec: CacheSpec, frame_multiple: int) -> None:
+    """DC-AE-V pads a clip to whole chunks (repeating its last frame): a bucket whose frames are not a multiple
+    of the chunk trains on latents whose last chunk saw padding, as generating that many frames does."""
+    for f, h, w in spec.shapes:
+        if f % frame_multiple:
+            logger.warning(
+                f"{spec.folder}: bucket {f}x{h}x{w}: {f} frames is not a multiple of the DC-AE-V chunk "
+                f"({frame_multiple} frames); its last chunk is padded. Prefer multiples of {frame_multiple}"
+            )
+
+
+def _finish(report: CacheReport, plan: CachePlan, shards: dict[int, dict], complete: bool) -> CacheReport:
     report.clips = sum(len(m["clips"]) for m in shards.values())
-    report.skipped = sum(len(m["skipped"]) for m in shards.values())
+    report.skipped = len(plan.unassigned) + sum(len(m["skipped"]) for m in shards.values())
+    report.bucket_clips = _bucket_clips(plan, shards)
     report.complete = complete
     return report

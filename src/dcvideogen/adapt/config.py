@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import DCVGError
 from ..training.config import load_typed_config, save_config, to_dict
+from .pairing import TEMPORAL_FACTOR
 
 __all__ = [
     "STAGES",
@@ -42,8 +43,8 @@ __all__ = [
 STAGES = ("align-embedder", "align-head", "finetune")
 
 Shape = tuple[int, int, int]  # (pixel frames, height, width) of a training clip: one bucket
-SPATIAL_FACTOR = 32  # DC-AE-V f32: pixels per latent row / column
-TEMPORAL_FACTOR = 4  # DC-AE-V t4: pixel frames per latent frame
+# DC-AE-V f32t4: pixels per latent row / column (frames per latent frame: pairing.TEMPORAL_FACTOR).
+SPATIAL_FACTOR = 32
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a resolution stage's name is also a cache folder
 
 # LoRA on the attention projections (self and cross) and both FFN linears of every Wan block (Table 8);

@@ -8,7 +8,9 @@ trainers keep per-clip safetensors):
   optional `image`, the I2V first frame); every user error is raised before a model is loaded.
 - `build_cache` (in `cache.py`, the writer; this module is what training reads): for each clip, the Wan-VAE latent of the Wan frames and the DC-AE-V latent of the DC-AE-V
   frames (the temporal pairing of `pairing.py`), the trimmed UMT5 embedding of its caption, and for I2V the
-  two condition latents and the CLIP image features. Layout of the cache folder:
+  two condition latents and the CLIP image features. One cache folder per bucket set (`CacheSpec`):
+  data.cache for stages 1a, 1b and 2, data.cache/NAME for resolution stage NAME (no Wan latents: only stage
+  1a reads them). Layout of a cache folder:
 
       shard-00000.safetensors   clips [0, shard_size) of the clip list; keys "{j}.latent" (Z, k, H/32, W/32),
       shard-00001.safetensors   "{j}.wan_latent" (16, 1 + k | k, H/8, W/8), "{j}.text" (L_j, D), and for I2V
@@ -20,11 +22,15 @@ trainers keep per-clip safetensors):
       index.json                {"version", "fingerprint", "shards": [{"file", "clips"}], "clips", "skipped",
                                  "skipped_files", ...}, written last: a cache without it is incomplete
 
+  With several buckets, each clip goes to one (`assign_bucket`), each shard holds clips of one bucket (bucket
+  0's shards first), index.json's shards name their "bucket" and the fingerprint lists the "buckets" in place
+  of num_frames / height / width; a one-bucket cache is laid out exactly as before buckets existed.
   Shards are written atomically and kept when present, so a killed run resumes where it stopped; ranks take
   shards s with s % world == rank.
 - `LatentCache`, `CacheStream`, `make_cache_loader`: float32 items read lazily, and an endless stream that is
   a pure function of (seed, position), like the autoencoder trainer's (`training/data.py`), so resuming at a
-  step continues exactly.
+  step continues exactly. With buckets, `BucketSchedule` draws one bucket per global micro-batch (every rank
+  the same one) and each bucket has its own `CacheStream`; with one bucket the stream is the same as before.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import bisect
 import csv
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -41,11 +48,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DCVGError
-from ..training.data import StreamSampler, sample_generator
+from ..training.data import sample_generator
 from ..video import VIDEO_SUFFIXES
+from .config import AdaptConfig, Shape
+from .pairing import source_frames
 
 logger = logging.getLogger("dcvg.adapt")
 
@@ -66,6 +75,73 @@ EXPECTED_BASE = (
 
 def shard_name(s: int) -> str:
     return f"shard-{s:05d}.safetensors"
+
+
+# ---- buckets ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """One cache folder: the buckets its clips are encoded at, whether it holds the Wan latents (stage 1a's
+    teacher input), and how many clips of the source it takes (0: all)."""
+
+    folder: Path
+    shapes: tuple[Shape, ...]
+    wan: bool = True
+    max_clips: int = 0
+    stage: str | None = None  # None: the base stages' cache (data.cache); else the resolution stage's name
+
+
+def cache_spec(cfg: AdaptConfig, stage: str | None = None) -> CacheSpec:
+    """The cache stage `stage` reads: data.cache for 1a, 1b, 2 (and None), data.cache/NAME for resolution stage
+    NAME."""
+    r = cfg.resolution_stage(stage) if stage is not None else None
+    if r is None:
+        return CacheSpec(Path(cfg.data.cache), tuple(cfg.data.shapes()))
+    shapes = tuple(cfg.stage_shapes(r.name))
+    return CacheSpec(Path(cfg.data.cache) / r.name, shapes, wan=False, max_clips=r.max_clips, stage=r.name)
+
+
+def cache_specs(cfg: AdaptConfig) -> list[CacheSpec]:
+    """Every cache the config's stages read: the base one, then one per resolution stage."""
+    return [cache_spec(cfg)] + [cache_spec(cfg, r.name) for r in cfg.resolution_stages]
+
+
+def usable_frames(frames: int, stride: int) -> int:
+    """Frames read from a clip of `frames` frames with every `stride`-th frame taken."""
+    return (frames - 1) // stride + 1 if frames > 0 else 0
+
+
+def assign_bucket(
+    frames: int, height: int, width: int, shapes: Sequence[Shape], pairing: str, stride: int = 1
+) -> int | None:
+    """The bucket of a clip of `frames` x `height` x `width` pixels: among the buckets whose frame count it has
+    (the pairing's source frames, `stride` apart), the closest aspect ratio (|log(w/h) - log(W/H)|), then the
+    largest frame count, then the first listed. None when the clip is too short for every bucket. The clip
+    is then resized to cover the bucket and center-cropped (smaller clips are scaled up)."""
+    have = usable_frames(frames, stride)
+    fits = [i for i, (f, _, _) in enumerate(shapes) if have >= source_frames(f, pairing)]
+    if not fits or height <= 0 or width <= 0:
+        return None
+    ratio = math.log(width / height)
+
+    def key(i: int) -> tuple[float, int, int]:
+        f, h, w = shapes[i]
+        return round(abs(math.log(w / h) - ratio), 9), -f, i
+
+    return min(fits, key=key)
+
+
+def spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (all of them when k is 0 or >= n)."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    return [i * n // k for i in range(k)]
+
+
+def shape_name(shape: Sequence[int]) -> str:
+    f, h, w = shape
+    return f"{f}x{h}x{w}"
 
 
 # ---- captioned clips ---------------------------------------------------------------------------------------
@@ -226,6 +302,7 @@ class LatentCache:
         self._starts = [0]
         for n in counts:
             self._starts.append(self._starts[-1] + n)
+        self._shard_bucket = [int(s.get("bucket", 0)) for s in self.index["shards"]]
         self._handles: dict[Path, object] = {}
         self._meta: dict[Path, dict] = {}
         self._pid = os.getpid()
@@ -247,17 +324,45 @@ class LatentCache:
     def text_tokens(self) -> int:
         return int(self.fingerprint["text_tokens"])
 
+    @property
+    def shapes(self) -> list[Shape]:
+        """The buckets, (pixel frames, height, width) each; one for a cache written without buckets."""
+        fp = self.fingerprint
+        if "buckets" in fp:
+            return [tuple(b) for b in fp["buckets"]]
+        return [(int(fp["num_frames"]), int(fp["height"]), int(fp["width"]))]
+
+    @property
+    def has_wan(self) -> bool:
+        """Whether the Wan latents are cached (stage 1a's teacher input; a resolution stage's cache has none)."""
+        return bool(self.fingerprint.get("wan_latents", True))
+
+    def bucket_of(self, i: int) -> int:
+        return self._shard_bucket[self._position(i)[0]]
+
+    def bucket_indices(self, indices: Sequence[int]) -> list[list[int]]:
+        """`indices` split by bucket: one list per bucket (possibly empty), in the order given."""
+        out: list[list[int]] = [[] for _ in self.shapes]
+        for i in indices:
+            out[self.bucket_of(i)].append(i)
+        return out
+
     def __len__(self) -> int:
         return self._starts[-1]
 
-    def locate(self, i: int) -> tuple[Path, int]:
-        """(shard file, position in the shard) of clip i."""
+    def _position(self, i: int) -> tuple[int, int]:
+        """(shard number, position in the shard) of clip i."""
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"clip {i} of a cache of {len(self)}")
         s = bisect.bisect_right(self._starts, i) - 1
-        return self.files[s], i - self._starts[s]
+        return s, i - self._starts[s]
+
+    def locate(self, i: int) -> tuple[Path, int]:
+        """(shard file, position in the shard) of clip i."""
+        s, j = self._position(i)
+        return self.files[s], j
 
     def _open(self, file: Path):
         if self._pid != os.getpid():  # a forked worker: the parent's handles are not ours
@@ -279,15 +384,18 @@ class LatentCache:
 
     def __getitem__(self, i: int) -> dict:
         """Clip i: float32 `latent` (Z, k, h, w), `wan_latent` (16, 1 + k | k, H/8, W/8), `text` (text_tokens, D)
-        zero-padded, `text_len`, for I2V `condition`, `wan_condition`, `image_embeds`; `caption`, `index`."""
+        zero-padded, `text_len`, for I2V `condition`, `wan_condition`, `image_embeds`; `caption`, `index`,
+        `bucket`. A cache without Wan latents has no `wan_latent` / `wan_condition`."""
         file, j = self.locate(i)
         f = self._open(file)
         keys = ("latent", "wan_latent", "text") + (I2V_KEYS if self.task == "i2v" else ())
+        keys = keys if self.has_wan else tuple(k for k in keys if not k.startswith("wan_"))
         item = {key: f.get_tensor(f"{j}.{key}").float() for key in keys}
         item["text_len"] = torch.tensor(item["text"].shape[0])
         item["text"] = pad_text(item["text"], self.text_tokens)  # (text_tokens, D)
         item["caption"] = self._metadata(file)["clips"][j]["caption"]
         item["index"] = i if i >= 0 else i + len(self)
+        item["bucket"] = self.bucket_of(i)
         return item
 
     def _extras(self) -> dict[str, torch.Tensor]:
@@ -317,14 +425,20 @@ class LatentCache:
         return out
 
     def split(self, holdout: int) -> tuple[list[int], list[int]]:
-        """(training indices, held-out indices): the last `holdout` clips are held out."""
+        """(training indices, held-out indices), both sorted: the last `holdout` clips are held out, taken from
+        the ends of the buckets in turn (bucket 0's last clip, bucket 1's last, ..., then the ones before)."""
         n = len(self)
         if holdout < 0 or holdout >= n:
             raise DCVGError(
                 f"data.holdout={holdout} leaves no training clips of the {n} cached in {self.folder}; lower it "
                 "or cache more clips"
             )
-        return list(range(n - holdout)), list(range(n - holdout, n))
+        groups = [g[::-1] for g in self.bucket_indices(range(n))]  # each bucket's clips, last first
+        held: list[int] = []
+        for depth in range(max(map(len, groups))):
+            held += [g[depth] for g in groups if depth < len(g)]
+        held = sorted(held[:holdout])
+        return sorted(set(range(n)) - set(held)), held
 
 
 class CacheStream(Dataset):
@@ -368,6 +482,106 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+# Seeds of the bucket schedule and of bucket b's stream (b >= 1; bucket 0 reads with the stage's seed itself,
+# so a one-bucket stream is the stream of a cache without buckets).
+SCHEDULE_SALT = 1_000_033
+BUCKET_SALT = 7_919
+
+
+class BucketSchedule:
+    """Which bucket global micro-batch u draws from, and how many earlier micro-batches drew from it. Runs in
+    blocks of M = sum_b ceil(n_b / G) micro-batches (n_b training clips in bucket b, G = world x batch samples
+    per global micro-batch): in block k bucket b comes ceil(n_b / G) times, in an order shuffled by (seed, k),
+    so a block reads about one epoch of every bucket and a bucket is drawn in proportion to its clips. A pure
+    function of (seed, u); with one bucket, (0, u)."""
+
+    def __init__(self, sizes: Sequence[int], group: int, seed: int) -> None:
+        if not any(sizes):
+            raise DCVGError("no training clips in any bucket; check data.holdout and the cache")
+        self.per_block = [-(-n // group) for n in sizes]  # ceil(n_b / G) draws of bucket b per block
+        self.block = sum(self.per_block)
+        self.seed = seed
+        self._k, self._order, self._before = -1, [], []
+
+    def _block(self, k: int) -> tuple[list[int], list[int]]:
+        """(bucket of each slot of block k, draws of that bucket earlier in the block)."""
+        if k != self._k:
+            order = [b for b, m in enumerate(self.per_block) for _ in range(m)]
+            if sum(1 for m in self.per_block if m) > 1:
+                perm = torch.randperm(len(order), generator=sample_generator(self.seed + SCHEDULE_SALT, k))
+                order = [order[int(p)] for p in perm]
+            seen = [0] * len(self.per_block)
+            before = []
+            for b in order:
+                before.append(seen[b])
+                seen[b] += 1
+            self._k, self._order, self._before = k, order, before
+        return self._order, self._before
+
+    def __call__(self, u: int) -> tuple[int, int]:
+        """(bucket, number of micro-batches before u that drew it)."""
+        k, slot = divmod(u, self.block)
+        order, before = self._block(k)
+        b = order[slot]
+        return b, k * self.per_block[b] + before[slot]
+
+
+class BucketStream(Dataset):
+    """Map-style dataset over (bucket, position in the bucket's stream, sample position): bucket b reads its
+    training clips as a `CacheStream`; the item's `position` (its noise, sigma and dropout draws) is the
+    sample's place in the stage's whole stream."""
+
+    def __init__(self, cache: LatentCache, groups: Sequence[Sequence[int]], seed: int) -> None:
+        self.streams = {
+            b: CacheStream(cache, g, seed if b == 0 else seed + BUCKET_SALT * b)
+            for b, g in enumerate(groups)
+            if g
+        }
+
+    def __len__(self) -> int:  # the stream is infinite; the sampler provides the keys
+        return 2**62
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        bucket, in_bucket, position = key
+        stream = self.streams[bucket]
+        item = stream.cache[stream.clip_index(in_bucket)]
+        item["position"] = position
+        return item
+
+
+class BucketSampler(Sampler[tuple[int, int, int]]):
+    """This rank's keys from step `start_step` on: step s, micro-batch m (u = s * accum + m), rank r, slot j
+    read bucket b(u) at position (c(u) * world + r) * batch + j of its stream (c(u): earlier draws of b(u)),
+    as sample (u * world + r) * batch + j of the stage. Every rank reads the same bucket in a micro-batch.
+    With one bucket this is `training.data.StreamSampler`'s sequence. Infinite."""
+
+    def __init__(
+        self,
+        schedule: BucketSchedule,
+        start_step: int,
+        batch: int,
+        accum: int = 1,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.schedule, self.start_step = schedule, start_step
+        self.batch, self.accum, self.rank, self.world = batch, accum, rank, world
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        u = self.start_step * self.accum
+        while True:
+            b, c = self.schedule(u)
+            first, sample = (
+                (c * self.world + self.rank) * self.batch,
+                (u * self.world + self.rank) * self.batch,
+            )
+            yield from ((b, first + j, sample + j) for j in range(self.batch))
+            u += 1
+
+    def __len__(self) -> int:
+        return 2**62
+
+
 def make_cache_loader(
     cache: LatentCache,
     indices: Sequence[int],
@@ -379,11 +593,22 @@ def make_cache_loader(
     world: int = 1,
     workers: int = 0,
 ) -> DataLoader:
-    """Endless loader of this rank's batches from step `start_step` on (`StreamSampler` positions)."""
+    """Endless loader of this rank's batches from step `start_step` on, each batch from one bucket
+    (`BucketSampler` keys over the clips `indices`)."""
+    groups = cache.bucket_indices(indices)
+    if not indices:
+        raise DCVGError(f"{cache.folder}: no clips to read (an empty index list); check data.holdout")
     return DataLoader(
-        CacheStream(cache, indices, seed),
+        BucketStream(cache, groups, seed),
         batch_size=batch,
-        sampler=StreamSampler(start_step, batch, accum, rank, world),
+        sampler=BucketSampler(
+            BucketSchedule([len(g) for g in groups], world * batch, seed),
+            start_step,
+            batch,
+            accum,
+            rank,
+            world,
+        ),
         num_workers=workers,
         collate_fn=collate,
         persistent_workers=workers > 0,

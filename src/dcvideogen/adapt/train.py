@@ -3,6 +3,10 @@
     1a align-embedder  Eq. 2 on the cached latents: the exact least-squares solve (default) or AdamW
     1b align-head      embedder + head on the flow-matching loss, DiT blocks frozen; budget or plateau
     2  finetune        LoRA (or full fine-tuning) + embedder + head, end to end
+    resolution stages  stage 2 continued on larger buckets (Table 8: 720p, 1080p, 2160p): the same LoRA, and
+                       (optimizer: continue) stage 2's AdamW state and EMA, from its raw weights
+
+Every stage trains on its buckets, each batch from one (`data.BucketSampler`).
 
 Each stage starts from the base transformer plus the "adapted state" the previous stage handed over
 (`model.py`), so a stage boundary and a resume go through the same path. Checkpoints hold the adapted
@@ -31,7 +35,9 @@ from ..training.engine import (
     Dist,
     TrainingInterrupted,
     all_sum,
+    load_optimizer_state,
     lr_factor,
+    optimizer_state,
     restore_rng,
     rewind_log,
     seed_all,
@@ -44,7 +50,7 @@ from ..training.runlog import plot_metric
 from ..utils.atomic import atomic_file
 from . import align, flow
 from .config import STAGES, AdaptConfig, save_config
-from .data import LatentCache, make_cache_loader
+from .data import make_cache_loader
 from .model import (
     add_lora,
     build_adapted_transformer,
@@ -59,9 +65,9 @@ from .model import (
     set_trainable,
     xavier_embedder_,
 )
-from .pairing import teacher_latent_slice
+from .pairing import TEMPORAL_FACTOR, teacher_latent_slice
 from .result import AdaptedResult, write_adapted
-from .run import RunContext, check_run
+from .run import RunContext, check_run, open_caches
 
 logger = logging.getLogger("dcvg.adapt")
 
@@ -83,12 +89,12 @@ def wan_first_frame_mask(b: int, latent_frames: int, h: int, w: int) -> torch.Te
     return mask
 
 
-def student_input(batch: dict, x: torch.Tensor, task: str, num_frames: int) -> torch.Tensor:
+def student_input(batch: dict, x: torch.Tensor, task: str) -> torch.Tensor:
     """The adapted transformer's input: x (B, Z, T', h, w), or for I2V cat(x, mask 4, condition Z) (B, 2Z+4, ...)."""
     if task == "t2v":
         return x
-    b, _, _, h, w = x.shape
-    mask = first_frames_mask(b, num_frames, h, w, device=x.device, dtype=x.dtype)  # (B, 4, T', h, w)
+    b, _, t, h, w = x.shape
+    mask = first_frames_mask(b, TEMPORAL_FACTOR * t, h, w, device=x.device, dtype=x.dtype)  # (B, 4, T', h, w)
     return torch.cat([x, mask, batch["condition"].to(x)], dim=1)
 
 
@@ -110,7 +116,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def alignment_pair(batch, base_embedder, student_patch, cfg: AdaptConfig):
     """(student input (B, C, T', h, w), Eq. 2 target (B, D, t, h, w)) of a batch."""
-    x = student_input(batch, batch["latent"], cfg.model.task, cfg.data.num_frames)
+    x = student_input(batch, batch["latent"], cfg.model.task)
     grid = align.token_grid(tuple(x.shape[2:]), student_patch)
     z = teacher_input(batch, cfg.model.task)
     z = z[:, :, teacher_latent_slice(cfg.data.pairing)]  # (B, C_base, T', H/8, W/8): paired in time
@@ -233,7 +239,7 @@ def predict_and_score(model, batch, x0, noise, sigma, text, cfg: AdaptConfig) ->
     x_t = flow.noisy_latent(x0, noise, sigma)
     extra = {"encoder_hidden_states_image": batch["image_embeds"]} if "image_embeds" in batch else {}
     pred = model(
-        hidden_states=student_input(batch, x_t, cfg.model.task, cfg.data.num_frames),
+        hidden_states=student_input(batch, x_t, cfg.model.task),
         timestep=flow.timestep_of(sigma),
         encoder_hidden_states=text,
         return_dict=False,
@@ -276,21 +282,42 @@ def plateau_update(
     return patience > 0 and step - p["best_step"] >= patience
 
 
+def continue_optimizer(train, opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Load an earlier stage's AdamW state (moments and step counts) into `opt`, which keeps its own
+    hyper-parameters (lr, betas, weight decay, its scheduler's initial_lr)."""
+    own = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    load_optimizer_state(train, opt, saved)
+    for group, hyper in zip(opt.param_groups, own, strict=True):
+        for key in [k for k in group if k != "params"]:
+            del group[key]
+        group.update(hyper)
+
+
 def run_diffusion_stage(
     name: str, cfg: AdaptConfig, ctx: RunContext, adapted: dict, state: dict | None
 ) -> dict:
-    """Stage 1b (align-head) or 2 (finetune). Returns the adapted state at its end (None when stopped)."""
-    d, stage = ctx.d, STAGES.index(name)
-    s = cfg.align_head if name == "align-head" else cfg.finetune
-    full = name == "finetune" and s.full_finetune
+    """Stage 1b (align-head), 2 (finetune) or a resolution stage. Returns the adapted state at its end (None when
+    stopped). A resolution stage starts from `ctx.carry` when the stage before left one (raw weights, AdamW state
+    and EMA), else from `adapted` with a fresh optimiser; a stage followed by a resolution stage leaves one."""
+    d, stage = ctx.d, cfg.stage_index(name)
+    s = cfg.stage_settings(name)
+    resolution = cfg.resolution_stage(name)
+    full = name != "align-head" and s.full_finetune
     model = build_adapted_transformer(
         ctx.base(), ctx.dims["latent_channels"], cfg.model.task, cfg.model.patch_size, cfg.seed
     )
-    if name == "finetune" and not full:
+    if name != "align-head" and not full:
         with torch.random.fork_rng(devices=[]):  # LoRA A's init: the same on every rank, run and resume
             torch.manual_seed(cfg.seed + stage)
             add_lora(model, lora_spec_from_config(model, s))
-    load_adapted_state(model, state["adapted"] if state is not None else adapted)
+    carry = ctx.carry if resolution is not None and state is None else None
+    if resolution is not None and state is None and carry is None:
+        ctx.log_text(
+            f"stage {name}: nothing to continue from (the stage before left no optimiser state); fresh AdamW"
+        )
+    load_adapted_state(
+        model, state["adapted"] if state is not None else carry["weights"] if carry else adapted
+    )
     pick = (
         head_alignment_params(s.train_embedder, s.train_modulation)
         if name == "align-head"
@@ -313,7 +340,12 @@ def run_diffusion_stage(
     )
     warmup = getattr(s, "warmup_steps", 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, warmup, s.steps))
+    if carry is not None and resolution.optimizer == "continue":
+        continue_optimizer(train, opt, carry["opt"])
     ema = EMA(model, s.ema_decay, trainable_only=True) if getattr(s, "ema_decay", 0) > 0 else None
+    if ema is not None and carry is not None and carry.get("ema"):
+        ema.load_state_dict(carry["ema"])
+    ctx.carry = None  # consumed: the optimiser may now change its tensors in place
 
     def current() -> dict:  # on every rank (gathering FSDP shards is collective), adapted weights only
         sd = unwrap(train).state_dict()
@@ -373,7 +405,11 @@ def run_diffusion_stage(
     changed = [n for n, v in frozen_fingerprint(unwrap(train)).items() if frozen.get(n) != v]
     assert not changed, f"frozen weights changed in stage {name}: {changed[:3]}"
     ctx.log_metrics({f"{name}/frozen_unchanged": float(len(frozen))}, f"stage {name}: ", ctx.global_step)
-    out = current()
+    raw = current()
+    if name != "align-head" and any(cfg.resolution_stage(n) for n in cfg.stage_names()[stage + 1 :]):
+        ema_state = {k: v.clone() for k, v in ema.state_dict().items()} if ema is not None else {}
+        ctx.carry = {"weights": raw, "opt": optimizer_state(train, opt), "ema": ema_state}
+    out = dict(raw)
     if ema is not None:
         out.update({k: v for k, v in ema.state_dict().items() if k in out})
     return out
@@ -395,12 +431,16 @@ def train_adapt(
     d = setup_distributed()
     run_dir = Path(run_dir)
     cfg.require("model.base", "data.cache")
-    if stage is not None and stage not in STAGES:
-        raise DCVGError(f"--stage {stage}: use one of {', '.join(STAGES)}")
-    cache = LatentCache(cfg.data.cache)
+    if stage is not None and stage not in cfg.stage_names():
+        raise DCVGError(f"--stage {stage}: use one of {', '.join(cfg.stage_names())}")
+    stages = [stage] if stage is not None else cfg.enabled_stages()
     ckpt = resolve_resume(resume, run_dir)
     state = load_checkpoint(ckpt) if ckpt is not None else None
-    dims = check_run(cfg, cache, state, ckpt)
+    done = {h["stage"] for h in state["history"]} if state is not None else set()
+    # the stages left to run read these caches (with none left, the base one gives the dims)
+    todo = [name for name in stages if name not in done] or stages[-1:] or [STAGES[-1]]
+    caches = open_caches(cfg, todo)
+    dims = check_run(cfg, caches, todo, state, ckpt)
     if d.main:  # written only now that every input is checked
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -413,9 +453,8 @@ def train_adapt(
     seed_all(cfg.seed)
     if state is not None:  # the RNG as the checkpoint left it, also when the next stage starts afresh
         restore_rng(state["rng"], d)
-    stages = [stage] if stage is not None else cfg.enabled_stages()
     with stop_signals() as stop:
-        ctx = RunContext(cfg, d, run_dir, cache, dims, stop, stop_after, state)
+        ctx = RunContext(cfg, d, run_dir, caches, dims, stop, stop_after, state)
         try:
             for name in stages:
                 if any(h["stage"] == name for h in ctx.history):
@@ -428,11 +467,13 @@ def train_adapt(
                 # the stage's first global step - 1, also when it resumes mid-way
                 start = ctx.global_step - (int(resuming["stage_step"]) if resuming is not None else 0)
                 t0 = time.time()
+                ctx.use(name)
                 if name == "align-embedder":
                     out = run_align_embedder(cfg, ctx, resuming)
                     if out and cfg.align_embedder.method == "exact":
                         ctx.global_step += 1
                     out = {**ctx.adapted, **out} if out is not None else None
+                    ctx.carry = None
                 else:
                     out = run_diffusion_stage(name, cfg, ctx, ctx.adapted, resuming)
                 if out is None:  # stopped by a signal or --stop-after, after a checkpoint
@@ -447,6 +488,7 @@ def train_adapt(
                         "end_global_step": ctx.global_step,
                         "seconds_this_session": round(time.time() - t0, 2),
                         "start_global_step": start,
+                        "buckets": [list(shape) for shape in cfg.stage_shapes(name)],
                     }
                 )
                 ctx.checkpoint(name, True, ctx.adapted)
@@ -477,7 +519,8 @@ def train_adapt(
                 transformer_config=dims["transformer_config"],
                 state=ctx.adapted,
                 lora=lora,
-                full_finetune=cfg.finetune.full_finetune and "finetune" in done,
+                full_finetune=cfg.finetune.full_finetune
+                and any(n == "finetune" or cfg.resolution_stage(n) for n in done),
                 task=cfg.model.task,
                 base=str(Path(cfg.model.base).resolve()),
                 autoencoder=cfg.model.autoencoder,

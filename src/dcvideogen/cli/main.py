@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..errors import DCVGError, first_line
-from . import adapt, ae, bench, generate, train
+from . import adapt, ae, bench, demo, experiment, generate, train
 from . import eval as eval_ae
 
 logger = logging.getLogger("dcvg")
 
 # Modules that add sub-commands: each has register(subparsers) setting `func` on its parser.
-COMMAND_MODULES = [ae, train, adapt, eval_ae, generate, bench]
+COMMAND_MODULES = [ae, train, adapt, eval_ae, generate, bench, demo, experiment]
 
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+    for variable in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):  # read at their first import, later
+        os.environ.setdefault(variable, "error")
     for noisy in ("diffusers", "transformers", "urllib3", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     prefix = f"dcvg {args.command}"
