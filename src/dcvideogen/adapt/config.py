@@ -184,6 +184,7 @@ class AdaptConfig:
     seed: int = 0
     precision: str = "bf16"  # bf16 (autocast, float32 master weights) | fp32
     parallel: str = "ddp"  # ddp | fsdp, with several processes
+    context_parallel: int = 1  # processes sharing one clip's tokens (docs/parallel.md)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -257,6 +258,7 @@ class AdaptConfig:
             (m.task in ("t2v", "i2v"), f"model.task={m.task!r}: use t2v or i2v"),
             (self.precision in ("fp32", "bf16"), f"precision={self.precision!r}: use fp32 or bf16"),
             (self.parallel in ("ddp", "fsdp"), f"parallel={self.parallel!r}: use ddp or fsdp"),
+            (self.context_parallel >= 1, f"context_parallel={self.context_parallel}: must be at least 1"),
             (
                 d.num_frames >= 4 and d.num_frames % 4 == 0,
                 f"data.num_frames={d.num_frames} must be a positive multiple of 4 (DC-AE-V: 4x in time)",

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DCVGError
+from ..parallel.context import context_layout, enable_context_parallel
 from ..pipelines.conditioning import first_frames_mask
 from ..training.checkpoint import load_checkpoint, resolve_resume
 from ..training.data import iter_batches, sample_generator
@@ -330,6 +331,7 @@ def run_diffusion_stage(
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(d.device)
+    enable_context_parallel(model, cfg.context_parallel)  # no-op for 1
     train = wrap(model, cfg.parallel, d, is_wan_block)
     frozen = frozen_fingerprint(unwrap(train))
     opt = torch.optim.AdamW(
@@ -353,6 +355,7 @@ def run_diffusion_stage(
 
     loop = ctx.loop(name, s.steps, state, train, opt, sched, ema, current)
     null_text = ctx.cache.null_text().to(d.device)
+    dp = context_layout(cfg.context_parallel, d.rank, d.world)
     loader = iter_batches(
         make_cache_loader(
             ctx.cache,
@@ -361,8 +364,8 @@ def run_diffusion_stage(
             loop.step,
             s.batch_size,
             s.grad_accum,
-            d.rank,
-            d.world,
+            dp.dp_rank,  # the ranks of a context group read the same batches
+            dp.dp_world,
             cfg.data.workers,
         )
     )
@@ -429,6 +432,7 @@ def train_adapt(
     every stage is done (None when stopped early, after a checkpoint). Nothing is written before the inputs are
     checked (`check_run`). A stop signal (SIGINT, SIGTERM) checkpoints and raises `TrainingInterrupted`."""
     d = setup_distributed()
+    context_layout(cfg.context_parallel, d.rank, d.world)  # a degree that does not divide fails here
     run_dir = Path(run_dir)
     cfg.require("model.base", "data.cache")
     if stage is not None and stage not in cfg.stage_names():

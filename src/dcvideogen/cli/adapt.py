@@ -75,6 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="leave out stage 1a or 1b (random embedder / zero head: the paper's Fig. 6 and 11 ablations)",
     )
     t.add_argument(
+        "--context-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="split each clip's tokens over N processes (launch a multiple of N with torchrun; "
+        "docs/parallel.md); same as context_parallel=N",
+    )
+    t.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. finetune.steps=100"
     )
     t.set_defaults(func=cmd_train)
@@ -130,6 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.full_finetune:
         overrides.append("finetune.full_finetune=true")
+    if args.context_parallel is not None:
+        overrides.append(f"context_parallel={args.context_parallel}")
     for stage in args.skip:
         overrides.append(("align_embedder" if stage == "align-embedder" else "align_head") + ".enabled=false")
     cfg = load_adapt_config(args.config, overrides)

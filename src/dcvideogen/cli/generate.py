@@ -92,6 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CPU offload on a GPU: model (one model on the GPU at a time) or sequential (layer by layer; least "
         "memory, slowest)",
     )
+    p.add_argument(
+        "--context-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the transformer's tokens over N processes: launch with torchrun --nproc_per_node=N "
+        "(docs/parallel.md); rank 0 writes the video",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (regional)")
     p.add_argument(
         "--tile",
@@ -159,6 +167,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DCVGError("--prompt is empty; describe the video to generate")
     if args.steps < 1:
         raise DCVGError(f"--steps {args.steps}: must be at least 1")
+    if args.context_parallel > 1 and args.offload != "none":
+        raise DCVGError(
+            f"--context-parallel {args.context_parallel} does not combine with --offload; drop --offload"
+        )
     if args.offload == "sequential" and args.compile:
         raise DCVGError(
             "--compile does not work with --offload sequential (weights move inside every layer); use "
@@ -193,13 +205,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     require_extra("pipelines", "video generation", ("transformers", "accelerate"))
     import torch
 
+    from ..parallel.context import check_sequence, context_layout, enable_context_parallel
     from ..pipelines.conditioning import resolve_geometry
     from ..pipelines.loading import Layout, inspect_model_folder, load_pipeline
+    from ..training.engine import setup_distributed
     from ..utils.atomic import atomic_file
     from ..video import VideoWriter, check_output_path
 
     # 1. Everything that can be checked without weights.
     _check_args(args)
+    layout = context_layout(args.context_parallel)
+    if layout.dp_world != 1:
+        raise DCVGError(
+            f"--context-parallel {args.context_parallel} with {layout.world} processes: launch exactly "
+            f"torchrun --nproc_per_node={args.context_parallel}"
+        )
     out = check_output_path(Path(args.out))
     if args.image:
         check_not_input(out, args.image)
@@ -223,8 +243,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     for note in notes:
         logger.info(f"note: {note}")
+    check_sequence(geometry.latent_grid, folder.patch_size(), args.context_parallel)
     image = _read_first_frame(args.image) if task == "i2v" else None
     device = resolve_device(args.device)
+    if args.context_parallel > 1:  # one process per device: cuda:LOCAL_RANK (nccl) or the CPU (gloo)
+        device = setup_distributed().device
     if args.offload != "none" and device.type == "cpu":
         raise DCVGError(
             f"--offload {args.offload} moves models between the CPU and a GPU; there is no GPU here "
@@ -250,6 +273,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             pipe.vae.enable_tiling(args.tile, overlap)
         except ValueError as e:
             raise DCVGError(f"--tile/--tile-overlap: {e}") from e
+    enable_context_parallel(pipe.transformer, args.context_parallel)  # no-op for 1
+    pipe.set_progress_bar_config(disable=layout.rank != 0)
     if args.compile:
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
     load_s = time.perf_counter() - t0
@@ -276,6 +301,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if task == "i2v":
         inputs["image"] = image
     latents = pipe(**inputs).frames
+    if layout.rank != 0:  # the other ranks of the context group only helped denoise
+        return 0
     t1 = time.perf_counter()
     with VideoWriter(out, args.fps) as writer:
         for piece in pipe.decode_latents(latents, geometry):  # (1, 3, t, H, W) in [-1, 1]
@@ -310,6 +337,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "device": str(device),
             "offload": args.offload,
             "compile": args.compile,
+            "context_parallel": args.context_parallel,
             "decode_tiling": pipe.vae.last_run_tiled,
         },
         "model": {
