@@ -188,7 +188,7 @@ def test_bench_tokens_without_matplotlib(capsys, tmp_path, monkeypatch):
     assert code == 0
     assert "32,760" in stdout and "7,800" in stdout and "8.95x" in stdout  # the table
     skipped = [line for line in stdout.splitlines() if "PNG skipped" in line]
-    assert len(skipped) == 1 and "pip install matplotlib" in skipped[0]
+    assert len(skipped) == 1 and "dcvideogen[eval]" in skipped[0]
     assert len(list(csv.DictReader((out / "tokens.csv").read_text().splitlines()))) == 1
     assert json.loads((out / "tokens.json").read_text())["rows"][0]["adapted_tokens"] == 7_800
     assert sorted(p.name for p in out.iterdir()) == ["tokens.csv", "tokens.json"]  # no PNG
