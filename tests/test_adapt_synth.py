@@ -256,3 +256,43 @@ def test_cli_writes_the_adaptation_cache(tmp_path, base, reference, capsys):
     assert item["latent"].shape == (32, 1, 1, 1) and item["wan_latent"].shape == (16, 2, 4, 4)
     assert main([*argv[:-2], "--cache", str(tmp_path / "c2")]) == 2  # --cache without --config
     assert "need --config" in capsys.readouterr().err
+
+
+def test_cache_takes_the_generated_wan_latents_without_encoding_again(tmp_path, base, monkeypatch, capsys):
+    """With --cache, each clip's generated Wan latent is kept beside it and cached as it is: the Wan VAE never
+    encodes the clips (the DC-AE-V latent is still encoded from the written frames)."""
+    from dcvideogen.adapt.cache import Encoders
+
+    cfg = tiny_adapt_config(
+        tmp_path, base, tmp_path / "out", data__num_frames=4, data__height=32, data__width=32
+    )
+    cfg.data.val_prompts = []
+    save_config(cfg, tmp_path / "adapt.yaml")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[:2]) + "\n")
+
+    def no_wan_encode(self, x):
+        raise AssertionError("the Wan VAE encoded a clip whose generated latent was kept")
+
+    monkeypatch.setattr(Encoders, "wan_latent", no_wan_encode)
+    argv = ["adapt", "synth", "--base", str(base), "--prompts", str(tmp_path / "prompts.txt")]
+    argv += ["--out", str(tmp_path / "out"), "--seed", str(SEED), "--steps", "2", "--guidance", "2"]
+    argv += ["--config", str(tmp_path / "adapt.yaml"), "--cache", str(tmp_path / "cache")]
+    assert main(argv) == 0, capsys.readouterr().err
+    cache = LatentCache(tmp_path / "cache")
+    assert len(cache) == 2
+    for i in range(2):
+        kept = S.generated_latent(type("R", (), {"path": tmp_path / "out" / f"{i:06d}.mp4"})())
+        assert kept is not None and kept.shape == (16, 2, 4, 4)
+        cached = cache[i]["wan_latent"].float()
+        torch.testing.assert_close(cached, kept.to(cached.dtype), atol=1e-2, rtol=1e-2)  # bf16 cache rounding
+
+
+def test_a_kept_latent_is_used_only_when_it_covers_the_frames_wan_reads():
+    from dcvideogen.adapt.cache import precomputed_fits
+
+    x = torch.zeros(1, 3, 9, 64, 96)  # 1 + 4k frames, k = 2
+    assert precomputed_fits(torch.zeros(16, 3, 8, 12), x, loaded=9)  # Wan 2.1: 8x
+    assert precomputed_fits(torch.zeros(48, 3, 4, 6), x, loaded=9)  # Wan 2.2: 16x
+    assert not precomputed_fits(torch.zeros(16, 2, 8, 12), x, loaded=9)  # other frames
+    assert not precomputed_fits(torch.zeros(16, 3, 8, 12), x, loaded=12)  # Wan reads part of the clip
+    assert not precomputed_fits(torch.zeros(16, 3, 4, 12), x, loaded=9)  # another size

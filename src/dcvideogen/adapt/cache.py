@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -236,6 +237,16 @@ def load_source(
     return resize_cover(video, h, w)  # (3, S, H, W)
 
 
+def precomputed_fits(latent: torch.Tensor, wan_x: torch.Tensor, loaded: int) -> bool:
+    """Whether a known Wan latent (C, t, h, w) is the latent of `wan_x` (1, 3, 1 + 4k, H, W): Wan reads every
+    loaded frame (exact pairing) and the latent has 1 + k frames at an 8x or 16x (Wan 2.2) smaller size."""
+    frames, height, width = wan_x.shape[2:]
+    if frames != loaded or latent.dim() != 4 or latent.shape[1] != (frames - 1) // TEMPORAL_FACTOR + 1:
+        return False
+    factor = height // latent.shape[2]
+    return factor in (8, 16) and (height, width) == (latent.shape[2] * factor, latent.shape[3] * factor)
+
+
 def encode_clip(
     enc: Encoders,
     frames: torch.Tensor,
@@ -243,10 +254,13 @@ def encode_clip(
     cfg: AdaptConfig,
     image: torch.Tensor | None = None,
     wan: bool = True,
+    wan_latent: torch.Tensor | None = None,
 ) -> dict:
     """The cached tensors of one clip (see the module docstring), float32 on the CPU. frames: from
     `load_source` (1 + 4k or 4k source frames, by the pairing); image: I2V, the given first frame (3, H, W),
-    else each clip's own first frame is used; wan: also the Wan latents (stage 1a's teacher input)."""
+    else each clip's own first frame is used; wan: also the Wan latents (stage 1a's teacher input); wan_latent:
+    the clip's Wan latent when it is already known (`dcvg adapt synth`: the generated latent itself), used
+    instead of encoding when it covers exactly the frames Wan reads here (`precomputed_fits`)."""
     d = cfg.data
     num_frames = TEMPORAL_FACTOR * (frames.shape[1] // TEMPORAL_FACTOR)  # 4k for 1 + 4k (exact) or 4k
     wan_range = wan_frame_range(num_frames, d.pairing)
@@ -258,7 +272,9 @@ def encode_clip(
         "latent": enc.dcae_latent(dcae_x)[0],  # (Z, k, H/32, W/32)
         "text": enc.text_embedding(caption, d.text_tokens),  # (L, D)
     }
-    if wan:
+    if wan and wan_latent is not None and precomputed_fits(wan_latent, wan_x, frames.shape[1]):
+        out["wan_latent"] = wan_latent.float()
+    elif wan:
         out["wan_latent"] = enc.wan_latent(wan_x)[0]  # (16, 1 + k | k, H/8, W/8): all of it; pairing at use
     if cfg.model.task == "i2v":
         dcae_image = image if image is not None else dcae_x[0, :, 0]  # DC-AE-V clip's first frame (3, H, W)
@@ -466,6 +482,7 @@ def _write_shard(
     s: int,
     fingerprint: dict,
     bar: tqdm,
+    precomputed: Callable[[ClipRecord], torch.Tensor | None] | None = None,
 ) -> None:
     spec, (bucket, records) = plan.spec, plan.shards[s]
     shape, dtype = spec.shapes[bucket], CACHE_DTYPES[cfg.data.cache_dtype]
@@ -481,7 +498,10 @@ def _write_shard(
             skipped.append({"path": str(record.path), "reason": str(e)})
             bar.update()
             continue
-        for key, value in encode_clip(enc, frames, record.caption, cfg, image, wan=spec.wan).items():
+        known = precomputed(record) if precomputed is not None and spec.wan else None
+        if known is not None and cfg.data.frame_stride != 1:
+            known = None  # the latent is of consecutive frames
+        for key, value in encode_clip(enc, frames, record.caption, cfg, image, spec.wan, known).items():
             tensors[f"{len(clips)}.{key}"] = value
         clips.append(
             {
@@ -565,7 +585,11 @@ def _distributed(world: int) -> bool:
 
 
 def build_cache(
-    cfg: AdaptConfig, rank: int = 0, world: int = 1, device: str | torch.device = "cpu"
+    cfg: AdaptConfig,
+    rank: int = 0,
+    world: int = 1,
+    device: str | torch.device = "cpu",
+    precomputed: Callable[[ClipRecord], torch.Tensor | None] | None = None,
 ) -> CacheReport:
     """Encode the clips of `data.source` into every cache the config's stages read (`cache_specs`): data.cache
     (stages 1a, 1b, 2; layout in data.py) and data.cache/NAME per resolution stage. Returns data.cache's
@@ -574,7 +598,8 @@ def build_cache(
     Rank `rank` of `world` writes the missing shards s with s % world == rank; after all are done (a barrier
     when torch.distributed is initialised; otherwise whichever rank finds every shard present) rank 0 writes
     extras.safetensors and index.json. Existing shards are kept, so a killed run resumes; a complete cache
-    with the same settings is left as it is. Every user error is raised before a model is loaded."""
+    with the same settings is left as it is. Every user error is raised before a model is loaded.
+    `precomputed(record)` may give a clip's Wan latent (`dcvg adapt synth`), cached instead of encoding it."""
     cfg.validate()
     cfg.require("model.base", "data.source", "data.cache")
     d = cfg.data
@@ -600,7 +625,7 @@ def build_cache(
     enc = (
         Encoders(base, cfg.model.autoencoder, dev, text_dtype) if _needs_encoders(cfg, base, plans) else None
     )
-    reports = [_build_one(cfg, plan, base, enc, rank, world) for plan in plans]
+    reports = [_build_one(cfg, plan, base, enc, rank, world, precomputed) for plan in plans]
     reports[0].stages = {plan.spec.stage: r for plan, r in zip(plans[1:], reports[1:])}
     return reports[0]
 
@@ -632,7 +657,13 @@ def _complete(cfg: AdaptConfig, plan: CachePlan, index: dict | None, shards: dic
 
 
 def _build_one(
-    cfg: AdaptConfig, plan: CachePlan, base: WanBase, enc: Encoders | None, rank: int, world: int
+    cfg: AdaptConfig,
+    plan: CachePlan,
+    base: WanBase,
+    enc: Encoders | None,
+    rank: int,
+    world: int,
+    precomputed: Callable[[ClipRecord], torch.Tensor | None] | None = None,
 ) -> CacheReport:
     """`build_cache` for one cache folder."""
     d, spec = cfg.data, plan.spec
@@ -673,7 +704,7 @@ def _build_one(
         logger.info(f"rank {rank}: caching {total} clips in {len(mine)} shards into {folder}")
         with tqdm(total=total, desc="caching", unit="clip", disable=rank != 0) as bar:
             for s in mine:
-                _write_shard(enc, cfg, plan, s, fingerprint, bar)
+                _write_shard(enc, cfg, plan, s, fingerprint, bar, precomputed)
                 report.shards_written.append(s)
     if _distributed(world):
         dist.barrier()

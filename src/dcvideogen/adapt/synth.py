@@ -15,8 +15,8 @@ rest with the same seeds, and refuses a folder made from other prompts or settin
 
 The generation runs diffusers' `WanPipeline` from the base folder with `output_type="latent"`, and the
 clip is decoded here with the Wan VAE (`WanAdapter`, the cache's own normalisation), so the base latent of
-each clip is in hand for writing the adaptation cache directly (see docs/adaptation.md: today `--cache`
-encodes the written clips with `build_cache`, which does not take precomputed latents).
+each clip is in hand: with `--cache` it is kept beside the clip (NNNNNN.wan.safetensors) and `build_cache`
+caches it as it is, so only the DC-AE-V latent is encoded (from the written frames).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import DCVGError, first_line
 from ..evaluation.adapters import WanAdapter
@@ -158,7 +159,12 @@ def is_done(out: Path, job: ClipJob, settings: SynthSettings) -> bool:
 
 def remove_partial(out: Path, job: ClipJob) -> None:
     """Delete the hidden temporary files a killed run left for this clip (`.NNNNNN.mp4.*`, `.NNNNNN.txt.*`)."""
-    for pattern in (f".{job.name}.mp4.*", f".{job.name}.txt.*", f".{job.name}.json.*"):
+    for pattern in (
+        f".{job.name}.mp4.*",
+        f".{job.name}.txt.*",
+        f".{job.name}.json.*",
+        f".{job.name}{LATENT_SUFFIX}.*",
+    ):
         for tmp in out.glob(pattern):
             tmp.unlink(missing_ok=True)
 
@@ -168,14 +174,29 @@ def frames_sha256(video: torch.Tensor) -> str:
     return hashlib.sha256(to_uint8(video).tobytes()).hexdigest()
 
 
-def write_clip(out: Path, job: ClipJob, settings: SynthSettings, video: torch.Tensor) -> Path:
-    """Caption, sidecar, then the mp4 (renamed into place last: its presence marks the clip done).
-    video: (3, F, H, W) in [-1, 1]."""
+LATENT_SUFFIX = ".wan.safetensors"
+
+
+def write_clip(
+    out: Path, job: ClipJob, settings: SynthSettings, video: torch.Tensor, latent: torch.Tensor | None = None
+) -> Path:
+    """Caption, sidecar, the generated Wan latent when given (for `--cache`), then the mp4 (renamed into place
+    last: its presence marks the clip done). video: (3, F, H, W) in [-1, 1]; latent: (16, 1 + k, H/8, W/8)."""
     meta = {**sidecar(job, settings), "frames_sha256": frames_sha256(video)}
     for suffix, text in ((".txt", job.prompt + "\n"), (".json", json.dumps(meta, indent=1) + "\n")):
         with atomic_file(out / f"{job.name}{suffix}") as tmp:
             tmp.write_text(text, encoding="utf-8")
+    if latent is not None:
+        with atomic_file(out / f"{job.name}{LATENT_SUFFIX}") as tmp:
+            save_file({"wan_latent": latent.float().contiguous()}, str(tmp))
     return write_video(out / f"{job.name}.mp4", video, settings.fps)
+
+
+def generated_latent(record) -> torch.Tensor | None:
+    """The Wan latent `dcvg adapt synth --cache` kept beside a clip (NNNNNN.wan.safetensors), or None: what
+    `build_cache(precomputed=...)` caches instead of encoding the clip's frames again with the Wan VAE."""
+    file = Path(record.path).with_suffix(LATENT_SUFFIX)
+    return load_file(str(file))["wan_latent"] if file.is_file() else None
 
 
 # ---- generation --------------------------------------------------------------------------------------------
@@ -236,9 +257,11 @@ def synthesize(
     world: int = 1,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    keep_latents: bool = False,
 ) -> SynthReport:
     """Generate this rank's missing clips into `out` (layout in the module docstring). Every user error is
-    raised before the model loads; the pipeline loads only when a clip is missing."""
+    raised before the model loads; the pipeline loads only when a clip is missing. keep_latents: also write each
+    clip's generated Wan latent (`generated_latent`), for `--cache`."""
     settings.validate()
     try:
         inspect_wan_base(base, "t2v")
@@ -258,8 +281,8 @@ def synthesize(
     pipe = load_base_pipeline(base, torch.device(device), dtype, settings.flow_shift)
     for job in todo:
         remove_partial(out, job)
-        _, video = generate(pipe, job, settings)
-        write_clip(out, job, settings, video)
+        latent, video = generate(pipe, job, settings)
+        write_clip(out, job, settings, video, latent if keep_latents else None)
         report.generated.append(job.index)
         logger.info(f"rank {rank}: {job.name} done ({len(report.generated)}/{len(todo)})")
     return report

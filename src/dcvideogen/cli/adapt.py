@@ -372,7 +372,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     dtype = torch.float32
     if args.dtype == "bfloat16" or (args.dtype == "auto" and d.device.type == "cuda"):
         dtype = torch.bfloat16
-    report = synthesize(args.base, prompts, args.out, settings, args.seed, d.rank, d.world, d.device, dtype)
+    keep = cfg is not None and bool(args.cache)  # the generated Wan latents go into the cache as they are
+    report = synthesize(
+        args.base, prompts, args.out, settings, args.seed, d.rank, d.world, d.device, dtype, keep_latents=keep
+    )
     if d.main:
         print(f"clips        {args.out}")
         print(
@@ -380,11 +383,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
         )
     if cfg is not None and args.cache:
         from ..adapt.cache import build_cache
+        from ..adapt.synth import generated_latent
 
         d.barrier()  # every rank's clips are written before the cache reads the folder
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        cache = build_cache(cfg, rank=d.rank, world=d.world, device=d.device)
+        cache = build_cache(cfg, rank=d.rank, world=d.world, device=d.device, precomputed=generated_latent)
         if d.main:
             print(f"cache        {cache.folder}")
             print(f"cached       {cache.clips} clips, {cache.skipped} skipped")
