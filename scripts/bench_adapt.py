@@ -79,8 +79,12 @@ SIZES = {
         WanConfig("small", 4, 4, 32, 256, text_dim=64, freq_dim=32), (4, 16, 16), "512x512x16"
     ),
 }
-# Stage 2 of Wan-2.1-1.3B at the paper's sizes (80 frames; 720 px floor-divides to 22 latent rows, 704 px).
-WAN_13B_GRIDS = {"480x832x80": (20, 15, 26), "720x1280x80 (704 high)": (20, 22, 40)}
+# Stage 2 of Wan-2.1-1.3B at the paper's sizes (80 frames; 720 px floor-divides to 22 latent rows, 704 px; 1080 to 33, 1056 px).
+WAN_13B_GRIDS = {
+    "480x832x80": (20, 15, 26),
+    "720x1280x80 (704 high)": (20, 22, 40),
+    "1080x1920x80 (1056 high)": (20, 33, 60),
+}
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
@@ -611,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wan-1.3b",
         dest="wan13b",
         action="store_true",
-        help="CUDA only: stage 2 of a random Wan-2.1-1.3B in bf16 at 480x832x80 and 720x1280x80",
+        help="CUDA only: stage 2 of a random Wan-2.1-1.3B in bf16 at 480x832x80, 720x1280x80 and 1080x1920x80",
     )
     p.add_argument(
         "--device",
