@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--frames", default="80,160,320,640", help="comma-separated clip lengths")
     parser.add_argument("--size", type=int, default=128, help="square frame side in pixels")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: decode, forward")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh processes per point; the table shows the median"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "mode,frames": one point
     args = parser.parse_args()
     if args.worker:
@@ -76,22 +79,27 @@ def main() -> None:
     print(f"Preset {args.preset} (random weights), {args.size}x{args.size}, batch 1, float32, inference  ")
     print(f"Command: `{command}`\n")
     print(
-        "| mode | frames | input MiB | output MiB | peak RSS growth MiB | working MiB | working / 80-frame |"
+        "| mode | frames | input MiB | output MiB | peak RSS growth MiB | working MiB (median) | working range MiB "
+        "| working / first |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for mode in args.modes.split(","):
         base = None
         for frames in (int(n) for n in args.frames.split(",")):
             worker = [sys.executable, __file__, "--preset", args.preset, "--size", str(args.size)]
-            done = subprocess.run(
-                [*worker, "--worker", f"{mode},{frames}"], capture_output=True, text=True, check=True
-            )
-            point = json.loads(done.stdout.strip().splitlines()[-1])
-            working = point["peak"] - point["input"] - point["output"]
+            points = []
+            for _ in range(args.repeats):  # RSS moves by a few MiB from run to run: the median of fresh runs
+                done = subprocess.run(
+                    [*worker, "--worker", f"{mode},{frames}"], capture_output=True, text=True, check=True
+                )
+                points.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            works = sorted(p["peak"] - p["input"] - p["output"] for p in points)
+            point, working = sorted(points, key=lambda p: p["peak"])[len(points) // 2], works[len(works) // 2]
             base = base if base is not None else working
             print(
                 f"| {mode} | {frames} | {point['input'] / MIB:.1f} | {point['output'] / MIB:.1f} | "
-                f"{point['peak'] / MIB:.1f} | {working / MIB:.1f} | {working / base:.2f}x |",
+                f"{point['peak'] / MIB:.1f} | {working / MIB:.1f} | {works[0] / MIB:.1f}-{works[-1] / MIB:.1f} | "
+                f"{working / base:.2f}x |",
                 flush=True,
             )
 
