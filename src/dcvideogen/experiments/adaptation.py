@@ -58,6 +58,7 @@ from .common import (
     finish_axes,
     fmt,
     fmt_g,
+    machine_line,
     module_main,
     read_log,
     settings_of,
@@ -814,13 +815,7 @@ def build_report(
 
     rep.figure("align_1a.png", "stage 1a: exact against AdamW", plot_align)
     env = ev["environment"]
-    rep.text(
-        f"Machine: {env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch threads), "
-        f"device {env.get('device')}{', ' + env['gpu'] if 'gpu' in env else ''}; torch {env.get('torch')}, "
-        f"diffusers {env.get('diffusers')}. Step times (s): "
-        + ", ".join(f"{n} {v:.0f}" for n, v in seconds.items())
-        + "."
-    )
+    rep.text(machine_line(env, seconds, "diffusers"))
     results = {
         "experiment": NAME,
         "scale": scale_name,

@@ -221,6 +221,16 @@ class Report:
         return sorted(folder.iterdir())
 
 
+def machine_line(env: dict, seconds: dict[str, float], library: str) -> str:
+    """The report's last line: the machine and environment of the run, and each step's seconds."""
+    gpu = f", {env['gpu']}" if "gpu" in env else ""
+    return (
+        f"Machine: {env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch threads), "
+        f"device {env.get('device')}{gpu}; torch {env.get('torch')}, {library} {env.get(library)}. Step times "
+        "(s): " + ", ".join(f"{n} {v:.0f}" for n, v in seconds.items()) + "."
+    )
+
+
 def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     """A number for the report ('-' for None)."""
     if value is None:

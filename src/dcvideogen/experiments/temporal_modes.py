@@ -45,6 +45,7 @@ from .common import (
     device_name,
     finish_axes,
     fmt,
+    machine_line,
     module_main,
     read_log,
     settings_of,
@@ -566,13 +567,7 @@ def build_report(
 
     rep.figure("training_loss.png", "training loss", plot_loss)
     env = ev["environment"]
-    rep.text(
-        f"Machine: {env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch threads), "
-        f"device {env.get('device')}{', ' + env['gpu'] if 'gpu' in env else ''}; torch {env.get('torch')}, "
-        f"dcvideogen {env.get('dcvideogen')}. Step times (s): "
-        + ", ".join(f"{n} {v:.0f}" for n, v in seconds.items())
-        + "."
-    )
+    rep.text(machine_line(env, seconds, "dcvideogen"))
     results = {
         "experiment": NAME,
         "scale": scale_name,
