@@ -28,6 +28,7 @@ from dcvideogen.adapt.model import (
 )
 from dcvideogen.adapt.train import diffusion_loss
 from dcvideogen.bench.cost_model import TransformerDims, forward_flops
+from dcvideogen.bench.measure import allocated_peak_bytes
 from dcvideogen.cli.main import main
 from dcvideogen.errors import DCVGError
 
@@ -175,35 +176,8 @@ def test_block_count_for_i2v(tmp_path, stage, precision):
 
 
 def step_peak_bytes(step) -> int:
-    """The peak of bytes allocated during `step()` above what was allocated before it, from the allocation
-    events torch's CPU allocator reports to torch.profiler (profile_memory=True; every tensor storage goes
-    through it). The events come from the profiler's event tree (`experimental_event_tree`, what
-    torch.profiler's own memory timeline reads), ordered by time."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-
-    def walk(nodes):
-        for node in nodes:
-            yield node
-            yield from walk(node.children)
-
-    events = sorted(
-        (
-            e
-            for e in walk(prof.profiler.kineto_results.experimental_event_tree())
-            if e.tag == _EventType.Allocation
-        ),
-        key=lambda e: e.start_time_ns,
-    )
-    assert events, "the profiler reported no allocations"
-    live = peak = 0
-    for e in events:
-        live += e.extra_fields.alloc_size  # negative when freed
-        peak = max(peak, live)
-    return peak
+    """The allocator's exact peak during `step()` (bench.measure.allocated_peak_bytes)."""
+    return allocated_peak_bytes(step)[1]
 
 
 def storage_bytes(tensors) -> int:
