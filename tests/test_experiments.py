@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,15 @@ def test_temporal_tiles_adapter_runs_each_tile_alone():
 
 @pytest.fixture(scope="module")
 def adaptation_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("exp") / "adapt"
-    return adaptation.run(out, scale="smoke")
+    """Run with a relative --out, as the documented command does (its manifests once held paths relative
+    to the working folder, resolved against the manifest's: the cpu run failed on its first cache)."""
+    folder, cwd = tmp_path_factory.mktemp("exp"), os.getcwd()
+    os.chdir(folder)
+    try:
+        report = adaptation.run("adapt", scale="smoke")
+    finally:
+        os.chdir(cwd)
+    return folder / report
 
 
 def test_adaptation_smoke_writes_every_report_file(adaptation_run):

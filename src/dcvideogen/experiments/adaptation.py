@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,8 +264,11 @@ def make_clips(folder: Path, scale: AdaptScale) -> dict:
             for c in clips
             if c["split"] == split and c["subject"] in subjects
         ]
-        (folder / file).write_text(
-            "".join(json.dumps({"path": c["path"], "caption": c["caption"]}) + "\n" for c in rows)
+        (folder / file).write_text(  # paths relative to the manifest's folder, as manifests read them
+            "".join(
+                json.dumps({"path": os.path.relpath(c["path"], folder), "caption": c["caption"]}) + "\n"
+                for c in rows
+            )
         )
         return str(folder / file)
 

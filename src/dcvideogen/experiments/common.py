@@ -81,7 +81,7 @@ class Steps:
         resume: bool = False,
         until: str | None = None,
     ) -> None:
-        self.out, self.names, self.until = Path(out), list(names), until
+        self.out, self.names, self.until = Path(out).absolute(), list(names), until  # steps keep paths
         if until is not None and until not in self.names:
             raise DCVGError(f"--until {until}: no such step; the steps are {', '.join(self.names)}")
         state = {"experiment": experiment, "scale": scale, "settings": settings}
