@@ -204,7 +204,7 @@ def test_adaptation_data_keeps_knowledge_and_heldout_clips_apart(adaptation_run)
     knowledge = {adaptation.SUBJECTS[s].caption for s in sc.knowledge}
     assert not knowledge & {row["caption"] for row in rows["adapt_manifest"]}
     for name, subjects in (("pretrain_manifest", sc.subjects), ("adapt_manifest", sc.adapted_subjects)):
-        paths = [row["path"] for row in rows[name]]
+        paths = [str(Path(data[name]).parent / row["path"]) for row in rows[name]]  # relative to the manifest
         assert set(paths[-len(subjects) :]) <= held and not set(paths[: -len(subjects)]) & held
 
 
