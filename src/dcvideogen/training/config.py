@@ -22,6 +22,9 @@ class ModelConfig:
     preset: str = "dc-ae-v-f32t4c32-small"  # a DC-AE-V preset name
     arch: dict[str, Any] = field(default_factory=dict)  # DCAEVConfig field overrides, e.g. {chunk_size: 8}
     init_from: str | None = None  # model folder or official .pt to start from (fine-tuning)
+    # With arch.patch_shortcut: fit the shortcut by PCA of the pixel blocks of this many clips of the data
+    # stream (its own seed) before step 0, zeroing the networks' last layers (training/pca_init.py). 0: off.
+    pca_clips: int = 0
     gradient_checkpointing: bool = False
 
 

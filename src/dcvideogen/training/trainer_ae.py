@@ -24,7 +24,7 @@ from ..utils.atomic import atomic_dir
 from ..video import VideoWriter, read_video
 from .checkpoint import load_checkpoint, resolve_resume
 from .config import AE_RESUMABLE, TrainConfig, check_resume_config, save_config, to_dict
-from .data import iter_batches, make_loader, scan_media
+from .data import ClipDataset, iter_batches, make_loader, scan_media
 from .discriminator import VideoDiscriminator
 from .ema import EMA
 from .engine import (
@@ -53,6 +53,7 @@ from .losses import (
     perceptual_loss,
     reconstruction_loss,
 )
+from .pca_init import blocks_of, fit_patch_shortcut
 from .runlog import RunLog
 
 logger = logging.getLogger("dcvg.train")
@@ -74,6 +75,30 @@ def build_model(cfg: TrainConfig) -> AutoencoderDCV:
             )
         return model
     return AutoencoderDCV.from_arch(arch)
+
+
+def fit_pca(model: AutoencoderDCV, files: list, cfg: TrainConfig, main: bool) -> None:
+    """The patch shortcut fitted to `cfg.model.pca_clips` clips of the data stream (seed + 1: other clips
+    than the first training steps'), before step 0."""
+    if not model.arch.patch_shortcut:
+        raise DCVGError(
+            f"model.pca_clips={cfg.model.pca_clips} fits the patch shortcut, which this model lacks; "
+            "set model.arch.patch_shortcut: true or model.pca_clips: 0"
+        )
+    t0 = time.time()
+    data = ClipDataset(files, cfg.data, cfg.seed + 1)
+    f, t = model.spatial_compression_ratio, model.temporal_compression_ratio
+    rows = torch.cat([blocks_of(data[i]["video"][None], f, t) for i in range(cfg.model.pca_clips)])
+    if rows.shape[0] <= model.arch.latent_channels:
+        raise DCVGError(
+            f"model.pca_clips={cfg.model.pca_clips}: {rows.shape[0]} pixel blocks of {t}x{f}x{f} for "
+            f"{model.arch.latent_channels} components; raise model.pca_clips (or data.size / data.num_frames)"
+        )
+    fit_patch_shortcut(model, rows)
+    if main:
+        logger.info(
+            f"patch shortcut: PCA of {rows.shape[0]} blocks of {cfg.model.pca_clips} clips ({time.time() - t0:.0f} s)"
+        )
 
 
 def is_res_block(m: torch.nn.Module) -> bool:
@@ -163,7 +188,10 @@ def train_ae(
             f"unreadable, {report.too_short} too short, {report.excluded} excluded"
         )
 
-    model = build_model(cfg).to(d.device)
+    model = build_model(cfg)
+    if state is None and not cfg.model.init_from and cfg.model.pca_clips > 0:
+        fit_pca(model, files, cfg, d.main)  # the same on every rank: a pure function of the data and seed
+    model = model.to(d.device)
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     arch = model.arch

@@ -127,15 +127,24 @@ class Encoder(nn.Module):
         self.conv_out = TemporalConv3d(
             cfg.block_out_channels[-1], cfg.latent_channels, cfg.kernel_size, latent
         )
+        self.factors = cfg.spatial_compression, cfg.temporal_compression
+        f, t = self.factors
+        self.patch_in = (
+            nn.Conv3d(cfg.in_channels * t * f * f, cfg.latent_channels, 1) if cfg.patch_shortcut else None
+        )
 
     def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
         # x: (B, 3, T, H, W) with T, H, W multiples of the chunk / spatial factor
+        pixels = x
         x = space_time_to_channel(self.conv_in(x, cache), 2, 1)  # (B, C0, T, H/2, W/2)
         for stage in self.stages:
             x = _run_blocks(self, stage.blocks, x, cache)
             if stage.downsample is not None:
                 x = stage.downsample(x, cache)  # (B, C_next, T/t, H/s, W/s)
-        return self.conv_out(x, cache)  # (B, Z, T/4, H/f, W/f)
+        z = self.conv_out(x, cache)  # (B, Z, T/4, H/f, W/f)
+        if self.patch_in is not None:  # each cell's own pixel block (B, 3*t*f*f, T/4, H/f, W/f), linearly
+            z = z + self.patch_in(space_time_to_channel(pixels, *self.factors))
+        return z
 
 
 class Decoder(nn.Module):
@@ -151,6 +160,11 @@ class Decoder(nn.Module):
         self.conv_out = TemporalConv3d(
             cfg.first_width, cfg.in_channels * 4, cfg.kernel_size, _padding(cfg, 1)
         )
+        self.factors = cfg.spatial_compression, cfg.temporal_compression
+        f, t = self.factors
+        self.patch_out = (
+            nn.Conv3d(cfg.latent_channels, cfg.in_channels * t * f * f, 1) if cfg.patch_shortcut else None
+        )
 
     def forward(self, z: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
         # z: (B, Z, T', h, w)
@@ -160,7 +174,10 @@ class Decoder(nn.Module):
                 x = stage.upsample(x, cache)  # (B, C_prev, T'*t, h*s, w*s)
             x = _run_blocks(self, stage.blocks, x, cache)
         x = F.silu(self.norm_out(x))
-        return channel_to_space_time(self.conv_out(x, cache), 2, 1)  # (B, 3, T, H, W)
+        x = channel_to_space_time(self.conv_out(x, cache), 2, 1)  # (B, 3, T, H, W)
+        if self.patch_out is not None:  # each cell's pixel block from its own latent values, linearly
+            x = x + channel_to_space_time(self.patch_out(z), *self.factors)
+        return x
 
 
 # ---- the model ------------------------------------------------------------------------------------------
@@ -194,6 +211,7 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         kernel_size: int = 3,
         norm_eps: float = 1e-5,
         scaling_factor: float = 1.0,
+        patch_shortcut: bool = False,
     ) -> None:
         super().__init__()
         self.arch = DCAEVConfig(
@@ -207,6 +225,7 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
             kernel_size=kernel_size,
             norm_eps=norm_eps,
             scaling_factor=scaling_factor,
+            patch_shortcut=patch_shortcut,
         )
         self.encoder = Encoder(self.arch)
         self.decoder = Decoder(self.arch)

@@ -38,6 +38,11 @@ class DCAEVConfig:
     kernel_size: int = 3  # temporal and spatial kernel of every convolution
     norm_eps: float = 1e-5
     scaling_factor: float = 1.0  # diffusion-space latent = latent * scaling_factor (see latents.py)
+    # Not in the paper or the official release (off there): an end-to-end linear path per latent cell, from
+    # its t x f x f x 3 pixel block to its Z values (encoder) and back (decoder), added to the network's
+    # output, as DC-AE's parameter-free shortcuts are added to each resampling block. Fitted by PCA of the
+    # training footage (`training.pca_init`), it starts the model at the best linear block codec.
+    patch_shortcut: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists (JSON) and strings (JSON, CLI) and store tuples / enums.
