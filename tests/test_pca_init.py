@@ -100,58 +100,49 @@ def test_an_old_model_folder_loads_without_the_shortcut(tmp_path):
     assert not loaded.arch.patch_shortcut and loaded.encoder.patch_in is None
 
 
-def test_trainer_fits_the_shortcut_before_step_zero(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "bikes.mp4").symlink_to(sample_clip_dir() / "bikes.mp4")
-    base = [
-        "model.preset=dc-ae-v-f32t4c32-tiny",
-        "model.arch={patch_shortcut: true}",
-        "model.pca_clips=6",  # 8 blocks each (2 x 2 x 2 cells of 8x64x64), 48 > 32 latent channels
-        "data.workers=0",
-        "data.num_frames=8",
-        "data.size=64",
-        "tensorboard=false",
-        "optim.ema_decay=0",
-        "checkpoint_every=1",
-        "log_every=1",
-    ]
-    cfg = load_config(None, [*base, "steps=1", "optim.lr=0"])  # lr 0: the export is the fitted model
+TRAIN = [
+    "model.preset=dc-ae-v-f32t4c32-tiny",
+    "model.arch={patch_shortcut: true}",
+    "model.pca_clips=6",  # 8 blocks each (2 x 2 x 2 cells of 8x64x64), 48 > 32 latent channels
+    "data.workers=0",
+    "data.num_frames=8",
+    "data.size=64",
+    "tensorboard=false",
+    "optim.ema_decay=0",
+    "checkpoint_every=1",
+    "log_every=1",
+]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "bikes.mp4").symlink_to(sample_clip_dir() / "bikes.mp4")
+    return folder
+
+
+def test_trainer_fits_the_shortcut_before_step_zero(data, tmp_path):
+    cfg = load_config(None, [*TRAIN, "steps=1", "optim.lr=0"])  # lr 0: the export is the fitted model
     model = AutoencoderDCV.from_pretrained(train_ae(cfg, data, tmp_path / "run"))
     assert torch.count_nonzero(model.decoder.conv_out.weight) == 0  # zeroed by the fit, unchanged at lr 0
     assert model.decoder.patch_out.bias.abs().sum() > 0  # the mean block
-    few = load_config(None, [*base, "steps=1", "model.pca_clips=3"])
+    few = load_config(None, [*TRAIN, "steps=1", "model.pca_clips=3"])
     with pytest.raises(DCVGError, match=r"model.pca_clips=3: 24 pixel blocks .* raise model.pca_clips"):
         train_ae(few, data, tmp_path / "few")
     assert not (tmp_path / "few").exists()
     with pytest.raises(DCVGError, match="pca_clips"):  # the shortcut is missing: one line, nothing written
-        train_ae(load_config(None, [*base[:1], *base[2:], "steps=1"]), data, tmp_path / "bad")
+        train_ae(load_config(None, [*TRAIN[:1], *TRAIN[2:], "steps=1"]), data, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
 
-def test_trainer_resume_keeps_the_checkpoint_not_a_new_fit(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "bikes.mp4").symlink_to(sample_clip_dir() / "bikes.mp4")
-    args = [
-        "model.preset=dc-ae-v-f32t4c32-tiny",
-        "model.arch={patch_shortcut: true}",
-        "model.pca_clips=6",
-        "data.workers=0",
-        "data.num_frames=8",
-        "data.size=64",
-        "tensorboard=false",
-        "optim.ema_decay=0",
-        "checkpoint_every=1",
-        "log_every=1",
-        "steps=2",
-    ]
-    cfg = load_config(None, args)
-    train_ae(cfg, data, tmp_path / "run", stop_after=1)
-    calls = []
+def test_trainer_resume_keeps_the_checkpoint_not_a_new_fit(data, tmp_path, monkeypatch):
     import dcvideogen.training.trainer_ae as trainer
 
+    cfg = load_config(None, [*TRAIN, "steps=2"])
+    train_ae(cfg, data, tmp_path / "run", stop_after=1)
+    calls = []
     monkeypatch.setattr(trainer, "fit_patch_shortcut", lambda *a: calls.append(a))
     train_ae(cfg, data, tmp_path / "run", resume="auto")
-    assert calls == []
-    assert Path(tmp_path / "run" / "model").is_dir()
+    assert calls == []  # a refit would overwrite the trained weights
+    assert (tmp_path / "run" / "model").is_dir()
