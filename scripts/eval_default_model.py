@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dcvideogen.errors import DCVGError
 from dcvideogen.evaluation.adapters import DCAEVAdapter, NaiveCodecAdapter
 from dcvideogen.evaluation.footage import score_clip, score_table
 from dcvideogen.models.dcae_v.loading import load_autoencoder
@@ -32,11 +33,19 @@ def main() -> None:
     model = load_autoencoder(args.model).float().eval()
     ae = DCAEVAdapter(model)
     naive = NaiveCodecAdapter(ae.spatial_factor, ae.temporal_factor, ae.latent_channels)
-    scores = [score_clip(ae, naive, p, args.frames) for p in sorted(Path(args.clips).glob("*.mp4"))]
+    paths = sorted(Path(args.clips).glob("*.mp4"))
+    if not paths:
+        raise DCVGError(
+            f"{args.clips}: no .mp4 clips; write the splits with python scripts/sample_data.py data/samples"
+        )
+    scores = [score_clip(ae, naive, p, args.frames) for p in paths]
     print(score_table(scores))
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(s) for s in scores], indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DCVGError as e:  # a missing folder or model: one line, no traceback
+        raise SystemExit(f"eval_default_model.py: error: {e}") from None
