@@ -11,6 +11,7 @@ drawn as in training, and writes it in bfloat16 to src/dcvideogen/assets/dc-ae-v
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -52,6 +53,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(args.out, overwrite=True) as tmp:
         torch.nn.Module.to(model, torch.bfloat16).save_pretrained(tmp)  # skips a spurious diffusers warning
+        config = json.loads((tmp / "config.json").read_text())
+        config.pop("_name_or_path", None)  # the run's local path: meaningless on a user's machine
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     size = sum(p.stat().st_size for p in Path(args.out).iterdir()) / 2**20
     print(f"scaling factor {scale:.4f}; wrote {args.out} ({size:.1f} MiB, bfloat16)")
 

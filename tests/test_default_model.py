@@ -12,9 +12,9 @@ from dcvideogen.models.dcae_v.loading import default_model_dir, load_autoencoder
 from dcvideogen.video import probe_video, read_video
 
 # Measured on the bundled model (docs/models.md): the first 16 frames of carphone reconstruct at
-# 17.92 dB PSNR. The floor sits 1 dB below that and 0.8 dB above a copy of the clip averaged over
-# 32x32x4 blocks and upsampled back (16.13 dB), so an untrained, broken or wrongly scaled model fails.
-QUALITY_FLOOR_DB = 16.9
+# 21.39 dB PSNR. The floor sits 1 dB below that and 0.7 dB above the naive 384x codec on the same frames
+# (19.66 dB), so an untrained, broken or wrongly scaled model, or one worse than the naive codec, fails.
+QUALITY_FLOOR_DB = 20.4
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,16 @@ def test_bundled_model_ships_as_safetensors_under_30mb():
     arch = model.arch
     assert (arch.spatial_compression, arch.temporal_compression, arch.latent_channels) == (32, 4, 32)
     assert arch.temporal_mode.value == "chunk_causal"
-    assert 0 < model.config.scaling_factor < 1  # set from the latent std at export, not left at 1
+    assert model.config.patch_shortcut
+
+
+def test_bundled_model_latent_scale_gives_unit_scale_latents(heldout):
+    # export sets scaling_factor = 1 / std of the latents on training clips; on the held-out clip the scaled
+    # latents' std is measured at 1.18. A factor left at 1 on an unwhitened model (std 64) fails.
+    model = load_autoencoder(None, dtype=torch.float32)
+    with torch.no_grad():
+        z = model.encode(heldout).latent
+    assert 0.5 < (z * model.config.scaling_factor).std().item() < 2.0
 
 
 def test_reconstruct_heldout_clip_with_default_model(capsys, clips, tmp_path):
@@ -52,19 +61,21 @@ def test_tiled_reconstruction_stays_close_to_untiled(heldout):
         model.enable_tiling(tile_size=128, tile_overlap=64)  # 2x2 tiles of 4x4 latents on 144x176
         tiled = model(heldout).sample.clamp(-1, 1)
     assert psnr(whole, heldout) >= QUALITY_FLOOR_DB
-    # measured: 18.23 dB tiled against 17.92 dB whole, 30.1 dB between the two; a misplaced, unblended
-    # or wrongly cropped tile costs far more
+    # measured: tiled and whole agree exactly (21.39 dB both): today's networks add nothing to the per-cell
+    # patch shortcut (docs/models.md), so only the blend can differ; a misplaced, unblended or wrongly
+    # cropped tile costs far more
     assert psnr(tiled, heldout) >= psnr(whole, heldout) - 0.5
     assert psnr(tiled, whole) >= 27.0
 
 
 # The bundled model against the naive codec of its compression (384x) on the test split of the project's
 # footage (evaluation/footage.py: 6 clips, first 8 frames each here). docs/models.md has the 32-frame table:
-# today's model LOSES by 4.25 dB (mean 18.17 against 22.42; on these 8-frame cuts -3.83 dB, 18.00 against
-# 21.83: `python scripts/eval_default_model.py data/samples/test --frames 8`). Issue 11 asks for +2 dB and a
-# colour error under 3 levels; until a model that meets it ships, this floor guards the measured state: a
-# broken export, scaling or architecture costs far more than the 1 dB margin.
-NAIVE_GAIN_FLOOR_DB = -4.8
+# today's model wins by 0.98 dB (mean 23.40 against 22.42; on these 8-frame cuts +1.08 dB, 22.91 against
+# 21.83, colour error at most 0.74 levels: `python scripts/eval_default_model.py data/samples/test --frames 8`).
+# Issue 11 asks for +2 dB; until a model that meets it ships, the floor guards the measured state with a
+# 0.5 dB margin (a broken export, scaling or shortcut costs far more), and the colour error its 3-level bound.
+NAIVE_GAIN_FLOOR_DB = 0.58
+COLOUR_ERROR_LEVELS = 3.0
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +95,4 @@ def test_bundled_model_against_the_naive_codec_on_the_test_split(test_split):
     scores = [score_clip(ae, naive, p, frames=8) for p in sorted(test_split)]
     gain = sum(s.psnr - s.naive_psnr for s in scores) / len(scores)
     assert len(scores) == 6 and gain >= NAIVE_GAIN_FLOOR_DB, score_table(scores)
+    assert max(s.color_error for s in scores) < COLOUR_ERROR_LEVELS, score_table(scores)
