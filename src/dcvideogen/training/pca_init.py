@@ -9,11 +9,16 @@ training learns what the networks add to it.
 
     encode: z = diag(1/s) P^T (x - m)      P (D, Z) the top components, s their standard deviations
     decode: x = P diag(s) z + m            m (D,) the mean block
+
+With `patch_shortcut_kernel` k > 1 the decoder's side reads each block from its cell's k x k neighbourhood of
+latents. `fit_lapped_decoder` then refits it, given the PCA encoder, by least squares over the footage's
+blocks (a lapped linear decoder: the neighbours' latents carry what the block's edges share with theirs).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..models.dcae_v import AutoencoderDCV
 from ..models.dcae_v.ops import space_time_to_channel
@@ -62,3 +67,38 @@ def fit_patch_shortcut(model: AutoencoderDCV, rows: torch.Tensor) -> None:
         conv.weight.zero_()
         if conv.bias is not None:
             conv.bias.zero_()
+
+
+def neighbourhoods(z: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, Z, T', h, w) -> (B*T'*h*w, Z*k*k): each cell's k x k spatial neighbourhood (replicate padding at the
+    frame's edge), ordered as the weight of a (1, k, k) convolution flattens: index = (z*k + dy)*k + dx."""
+    b, c, t, h, w = z.shape
+    p = k // 2
+    planes = F.pad(z.transpose(1, 2).reshape(b * t, c, h, w), (p, p, p, p), mode="replicate")
+    cols = F.unfold(planes, k)  # (B*T', Z*k*k, h*w)
+    return cols.transpose(1, 2).reshape(-1, c * k * k)
+
+
+@torch.no_grad()
+def fit_lapped_decoder(model: AutoencoderDCV, clips, ridge: float = 1e-4) -> None:
+    """Refit the decoder's patch shortcut of kernel k (after `fit_patch_shortcut`): the linear map from each
+    cell's k x k neighbourhood of latents to its pixel block of least squared error over the blocks of `clips`
+    (an iterable of (B, 3, T, H, W)), with a ridge of `ridge` x the mean feature energy (the bias is free).
+    Latents come from the encoder's shortcut alone: the fit zeroed the networks."""
+    enc, dec = model.encoder, model.decoder
+    k, f, t = model.arch.patch_shortcut_kernel, *enc.factors
+    gram = cross = 0
+    for clip in clips:
+        _, _, n, h, w = clip.shape
+        cells = space_time_to_channel(clip[:, :, : n // t * t, : h // f * f, : w // f * f].float(), f, t)
+        x = neighbourhoods(enc.patch_in(cells), k)  # (N, Z*k*k)
+        x = torch.cat([x, torch.ones(x.shape[0], 1)], 1).double()  # + the bias
+        y = cells.permute(0, 2, 3, 4, 1).reshape(x.shape[0], -1).double()  # (N, D) the blocks
+        gram, cross = gram + x.T @ x, cross + x.T @ y
+    if isinstance(gram, int):
+        raise ValueError("no clips to fit the lapped decoder on")
+    reg = torch.eye(gram.shape[0], dtype=gram.dtype) * ridge * gram.diagonal()[:-1].mean()
+    reg[-1, -1] = 0
+    a = torch.linalg.solve(gram + reg, cross).float()  # (Z*k*k + 1, D)
+    dec.patch_out.weight.copy_(a[:-1].T.reshape(dec.patch_out.weight.shape))  # (D, Z, 1, k, k)
+    dec.patch_out.bias.copy_(a[-1])

@@ -53,7 +53,7 @@ from .losses import (
     perceptual_loss,
     reconstruction_loss,
 )
-from .pca_init import blocks_of, fit_patch_shortcut
+from .pca_init import blocks_of, fit_lapped_decoder, fit_patch_shortcut
 from .runlog import RunLog
 
 logger = logging.getLogger("dcvg.train")
@@ -88,16 +88,22 @@ def fit_pca(model: AutoencoderDCV, files: list, cfg: TrainConfig, main: bool) ->
     t0 = time.time()
     data = ClipDataset(files, cfg.data, cfg.seed + 1)
     f, t = model.spatial_compression_ratio, model.temporal_compression_ratio
-    rows = torch.cat([blocks_of(data[i]["video"][None], f, t) for i in range(cfg.model.pca_clips)])
+    clips = [data[i]["video"][None] for i in range(cfg.model.pca_clips)]
+    rows = torch.cat([blocks_of(clip, f, t) for clip in clips])
     if rows.shape[0] <= model.arch.latent_channels:
         raise DCVGError(
             f"model.pca_clips={cfg.model.pca_clips}: {rows.shape[0]} pixel blocks of {t}x{f}x{f} for "
             f"{model.arch.latent_channels} components; raise model.pca_clips (or data.size / data.num_frames)"
         )
     fit_patch_shortcut(model, rows)
+    blocks, k = rows.shape[0], model.arch.patch_shortcut_kernel
+    del rows
+    if k > 1:  # the decoder reads the neighbours' latents too: refit it by least squares
+        fit_lapped_decoder(model, clips)
     if main:
+        lapped = f", decoder from {k}x{k} neighbourhoods" if k > 1 else ""
         logger.info(
-            f"patch shortcut: PCA of {rows.shape[0]} blocks of {cfg.model.pca_clips} clips ({time.time() - t0:.0f} s)"
+            f"patch shortcut: PCA of {blocks} blocks of {cfg.model.pca_clips} clips{lapped} ({time.time() - t0:.0f} s)"
         )
 
 

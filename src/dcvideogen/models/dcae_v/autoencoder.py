@@ -162,8 +162,17 @@ class Decoder(nn.Module):
         )
         self.factors = cfg.spatial_compression, cfg.temporal_compression
         f, t = self.factors
+        k = cfg.patch_shortcut_kernel  # (1, k, k): space only, so streaming stays exact
         self.patch_out = (
-            nn.Conv3d(cfg.latent_channels, cfg.in_channels * t * f * f, 1) if cfg.patch_shortcut else None
+            nn.Conv3d(
+                cfg.latent_channels,
+                cfg.in_channels * t * f * f,
+                (1, k, k),
+                padding=(0, k // 2, k // 2),
+                padding_mode="replicate",
+            )
+            if cfg.patch_shortcut
+            else None
         )
 
     def forward(self, z: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
@@ -175,7 +184,9 @@ class Decoder(nn.Module):
             x = _run_blocks(self, stage.blocks, x, cache)
         x = F.silu(self.norm_out(x))
         x = channel_to_space_time(self.conv_out(x, cache), 2, 1)  # (B, 3, T, H, W)
-        if self.patch_out is not None:  # each cell's pixel block from its own latent values, linearly
+        if (
+            self.patch_out is not None
+        ):  # each cell's pixel block from its (k x k neighbourhood's) latent, linearly
             x = x + channel_to_space_time(self.patch_out(z), *self.factors)
         return x
 
@@ -212,6 +223,7 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         norm_eps: float = 1e-5,
         scaling_factor: float = 1.0,
         patch_shortcut: bool = False,
+        patch_shortcut_kernel: int = 1,
     ) -> None:
         super().__init__()
         self.arch = DCAEVConfig(
@@ -226,6 +238,7 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
             norm_eps=norm_eps,
             scaling_factor=scaling_factor,
             patch_shortcut=patch_shortcut,
+            patch_shortcut_kernel=patch_shortcut_kernel,
         )
         self.encoder = Encoder(self.arch)
         self.decoder = Decoder(self.arch)

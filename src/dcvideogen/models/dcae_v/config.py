@@ -43,6 +43,9 @@ class DCAEVConfig:
     # output, as DC-AE's parameter-free shortcuts are added to each resampling block. Fitted by PCA of the
     # training footage (`training.pca_init`), it starts the model at the best linear block codec.
     patch_shortcut: bool = False
+    # Spatial kernel of the decoder's side of it: 1 reads each block from its own cell; 3 from the cell's 3x3
+    # neighbourhood (a lapped linear decoder: smoother block edges; replicate padding at the frame's edge).
+    patch_shortcut_kernel: int = 1
 
     def __post_init__(self) -> None:
         # Accept lists (JSON) and strings (JSON, CLI) and store tuples / enums.
@@ -67,6 +70,8 @@ class DCAEVConfig:
             )
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        if self.patch_shortcut_kernel < 1 or self.patch_shortcut_kernel % 2 != 1:
+            raise ValueError(f"patch_shortcut_kernel must be odd and >= 1, got {self.patch_shortcut_kernel}")
         t = self.temporal_compression
         if t < 1:
             raise ValueError(f"temporal_compression must be >= 1, got {t}")
