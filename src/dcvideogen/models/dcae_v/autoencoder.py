@@ -184,9 +184,7 @@ class Decoder(nn.Module):
             x = _run_blocks(self, stage.blocks, x, cache)
         x = F.silu(self.norm_out(x))
         x = channel_to_space_time(self.conv_out(x, cache), 2, 1)  # (B, 3, T, H, W)
-        if (
-            self.patch_out is not None
-        ):  # each cell's pixel block from its (k x k neighbourhood's) latent, linearly
+        if self.patch_out is not None:  # each cell's pixel block from its k x k neighbourhood, linearly
             x = x + channel_to_space_time(self.patch_out(z), *self.factors)
         return x
 
