@@ -211,3 +211,7 @@ def test_trainer_fits_the_lapped_decoder_when_the_kernel_is_3(data, tmp_path):
     weight = model.decoder.patch_out.weight  # (D, Z, 1, 3, 3)
     assert weight.shape[2:] == (1, 3, 3)
     assert weight[..., 0, 0].abs().sum() > 0  # a neighbour's tap: refitted, not the PCA's centre only
+    even = "model.arch={patch_shortcut: true, patch_shortcut_kernel: 2}"
+    with pytest.raises(DCVGError, match="patch_shortcut_kernel must be odd"):  # one line, nothing written
+        train_ae(load_config(None, [TRAIN[0], even, *TRAIN[2:], "steps=1"]), data, tmp_path / "even")
+    assert not (tmp_path / "even").exists()

@@ -65,7 +65,12 @@ __all__ = ["TrainingDiverged", "TrainingInterrupted", "load_val_clips", "train_a
 
 
 def build_model(cfg: TrainConfig) -> AutoencoderDCV:
-    arch = get_preset(cfg.model.preset, **cfg.model.arch)
+    try:
+        arch = get_preset(cfg.model.preset, **cfg.model.arch)
+    except (TypeError, ValueError) as e:  # an unknown or invalid model.arch field: one line, nothing written
+        raise DCVGError(
+            f"model.arch {dict(cfg.model.arch)}: {e}; fix it in the config or the override"
+        ) from None
     if cfg.model.init_from:
         model = load_autoencoder(cfg.model.init_from).float()
         if model.arch.replace(scaling_factor=1.0) != arch.replace(scaling_factor=1.0):
