@@ -24,11 +24,16 @@ from ..models.dcae_v import AutoencoderDCV
 from ..models.dcae_v.ops import space_time_to_channel
 
 
-def blocks_of(clip: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
-    """(B, 3, T, H, W) -> every whole t x f x f block as a row (N, 3*t*f*f), channel order of the shortcut."""
+def cells_of(clip: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
+    """(B, 3, T, H, W) -> its whole t x f x f blocks as latent cells (B, 3*t*f*f, T', h, w), the rest dropped."""
     t, h, w = clip.shape[2:]
     clip = clip[:, :, : t // temporal * temporal, : h // spatial * spatial, : w // spatial * spatial]
-    cells = space_time_to_channel(clip, spatial, temporal)  # (B, D, T', h, w)
+    return space_time_to_channel(clip, spatial, temporal)
+
+
+def blocks_of(clip: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
+    """(B, 3, T, H, W) -> every whole t x f x f block as a row (N, 3*t*f*f), channel order of the shortcut."""
+    cells = cells_of(clip, spatial, temporal)  # (B, D, T', h, w)
     return cells.permute(0, 2, 3, 4, 1).reshape(-1, cells.shape[1])
 
 
@@ -89,11 +94,10 @@ def fit_lapped_decoder(model: AutoencoderDCV, clips, ridge: float = 1e-4) -> Non
     k, f, t = model.arch.patch_shortcut_kernel, *enc.factors
     gram = cross = 0
     for clip in clips:
-        _, _, n, h, w = clip.shape
-        cells = space_time_to_channel(clip[:, :, : n // t * t, : h // f * f, : w // f * f].float(), f, t)
-        x = neighbourhoods(enc.patch_in(cells), k)  # (N, Z*k*k)
+        cells = cells_of(clip.float(), f, t)  # (B, D, T', h, w)
+        x = neighbourhoods(enc.patch_in(cells), k)  # (N, Z*k*k), rows in (B, T', h, w) order
         x = torch.cat([x, torch.ones(x.shape[0], 1)], 1).double()  # + the bias
-        y = cells.permute(0, 2, 3, 4, 1).reshape(x.shape[0], -1).double()  # (N, D) the blocks
+        y = cells.permute(0, 2, 3, 4, 1).reshape(x.shape[0], -1).double()  # (N, D) the blocks, same order
         gram, cross = gram + x.T @ x, cross + x.T @ y
     if isinstance(gram, int):
         raise ValueError("no clips to fit the lapped decoder on")
