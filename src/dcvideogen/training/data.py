@@ -266,4 +266,7 @@ def make_loader(
         collate_fn=collate,
         persistent_workers=cfg.workers > 0,
         prefetch_factor=2 if cfg.workers > 0 else None,
+        # Spawned, not forked: a fork copies locks that the parent's FFmpeg decoder threads may hold, and a
+        # worker then hangs in its first read (seen once in the test suite).
+        multiprocessing_context="spawn" if cfg.workers > 0 else None,
     )
