@@ -613,4 +613,7 @@ def make_cache_loader(
         collate_fn=collate,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
+        # Spawned, not forked, as the AE trainer's loader: a forked worker inherits locks other threads of the
+        # parent may hold (a decoder's, torch's intra-op pool) and can hang in its first read.
+        multiprocessing_context="spawn" if workers > 0 else None,
     )
