@@ -4,7 +4,8 @@
 
 Loads RUN/model (the EMA weights `dcvg train-ae` exports) or, with --checkpoint, the raw or EMA weights
 of one training checkpoint; sets config.scaling_factor to 1 / std of its latents on 64 training clips
-drawn as in training, and writes it in bfloat16 to src/dcvideogen/assets/dc-ae-v-f32t4c32-small
+drawn as in training (or to --scaling-factor: a run that trained the decoder's side alone keeps its base's
+latents, so it keeps their scale too), and writes it in bfloat16 to src/dcvideogen/assets/dc-ae-v-f32t4c32-small
 (config.json + safetensors).
 """
 
@@ -35,6 +36,11 @@ def main() -> None:
     parser.add_argument(
         "--weights", choices=("ema", "raw"), default="ema", help="with --checkpoint: which weights"
     )
+    parser.add_argument(
+        "--scaling-factor",
+        type=float,
+        help="keep this latent scale instead of estimating one (a run whose encoder was frozen: its base's)",
+    )
     parser.add_argument("--out", default=str(default_model_dir()), help="output folder")
     args = parser.parse_args()
     run = Path(args.run)
@@ -46,9 +52,12 @@ def main() -> None:
     else:
         model = AutoencoderDCV.from_pretrained(run / "model")
     model = model.float().eval()
-    files, _ = scan_media(args.data, cfg.data)
-    dataset = ClipDataset(files, cfg.data, seed=12345)  # a seed the run did not train with
-    scale = estimate_scaling_factor(model, (dataset[i]["video"][None] for i in range(args.clips)))
+    if args.scaling_factor is not None:
+        scale = args.scaling_factor
+    else:
+        files, _ = scan_media(args.data, cfg.data)
+        dataset = ClipDataset(files, cfg.data, seed=12345)  # a seed the run did not train with
+        scale = estimate_scaling_factor(model, (dataset[i]["video"][None] for i in range(args.clips)))
     model.register_to_config(scaling_factor=float(f"{scale:.4g}"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(args.out, overwrite=True) as tmp:

@@ -25,6 +25,9 @@ class ModelConfig:
     # With arch.patch_shortcut: fit the shortcut by PCA of the pixel blocks of this many clips of the data
     # stream (its own seed) before step 0, zeroing the networks' last layers (training/pca_init.py). 0: off.
     pca_clips: int = 0
+    # Train only the parameters whose names start with one of these (e.g. [decoder.luma_filter.]): the rest is
+    # frozen. Empty: train everything.
+    trainable: list[str] = field(default_factory=list)
     gradient_checkpointing: bool = False
 
 

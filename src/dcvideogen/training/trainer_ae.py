@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from ..errors import DCVGError, first_line
 from ..metrics import psnr_per_frame, ssim_per_frame
-from ..models.dcae_v import AutoencoderDCV, get_preset
+from ..models.dcae_v import AutoencoderDCV, DCAEVConfig, get_preset
 from ..models.dcae_v.loading import load_autoencoder
 from ..utils.atomic import atomic_dir
 from ..video import VideoWriter, read_video
@@ -73,13 +73,41 @@ def build_model(cfg: TrainConfig) -> AutoencoderDCV:
         ) from None
     if cfg.model.init_from:
         model = load_autoencoder(cfg.model.init_from).float()
-        if model.arch.replace(scaling_factor=1.0) != arch.replace(scaling_factor=1.0):
+        if not carries_over(model.arch, arch):
             raise DCVGError(
                 f"model.init_from={cfg.model.init_from} is a {model.arch.name} with widths "
                 f"{list(model.arch.block_out_channels)}, not the configured {arch.name}; fix model.preset/arch"
             )
-        return model
+        if model.arch.luma_filter_width == arch.luma_filter_width:
+            return model
+        grown = AutoencoderDCV.from_arch(arch.replace(scaling_factor=model.arch.scaling_factor))
+        grown.load_state_dict(model.state_dict(), strict=False)  # all but the new filter (zero output)
+        return grown
     return AutoencoderDCV.from_arch(arch)
+
+
+def carries_over(loaded: DCAEVConfig, configured: DCAEVConfig) -> bool:
+    """Whether the weights of a `loaded` model start one of `configured`: the same architecture (the scaling
+    factor aside), or one that only adds the luma filter (the identity until trained)."""
+    a, b = loaded.replace(scaling_factor=1.0), configured.replace(scaling_factor=1.0)
+    if not loaded.luma_filter_width:
+        b = b.replace(luma_filter_width=0, luma_filter_blocks=loaded.luma_filter_blocks)
+    return a == b
+
+
+def freeze_all_but(model: AutoencoderDCV, prefixes: list[str]) -> int:
+    """Freeze every parameter whose name starts with none of `prefixes` (empty: freeze nothing); the number
+    of parameters left to train. A prefix that names no parameter is refused."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            raise DCVGError(
+                f"model.trainable: {prefix!r} names no parameter of this model (its parts: "
+                f"{sorted({n.rsplit('.', 2)[0] for n in names})[:6]} ...); fix the prefix"
+            )
+    for n, p in model.named_parameters():
+        p.requires_grad_(not prefixes or any(n.startswith(q) for q in prefixes))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def fit_pca(model: AutoencoderDCV, files: list, cfg: TrainConfig, main: bool) -> None:
@@ -202,6 +230,9 @@ def train_ae(
     model = build_model(cfg)
     if state is None and not cfg.model.init_from and cfg.model.pca_clips > 0:
         fit_pca(model, files, cfg, d.main)  # the same on every rank: a pure function of the data and seed
+    trained = freeze_all_but(model, cfg.model.trainable)
+    if d.main and cfg.model.trainable:
+        logger.info(f"training {trained:,} parameters ({', '.join(cfg.model.trainable)}); the rest is frozen")
     model = model.to(d.device)
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -232,7 +263,10 @@ def train_ae(
         EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     )  # after wrapping: same sharding
     opt = torch.optim.AdamW(
-        train_model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        [p for p in train_model.parameters() if p.requires_grad],
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay,
     )
     o = cfg.optim
     sched = torch.optim.lr_scheduler.LambdaLR(

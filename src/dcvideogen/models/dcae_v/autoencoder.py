@@ -42,7 +42,15 @@ from torch import nn
 
 from . import planning, runner
 from .config import PRESETS, DCAEVConfig, TemporalMode, get_preset
-from .layers import Downsample3d, ResBlock3d, RMSNorm3d, TemporalCache, TemporalConv3d, Upsample3d
+from .layers import (
+    Downsample3d,
+    LumaFilter,
+    ResBlock3d,
+    RMSNorm3d,
+    TemporalCache,
+    TemporalConv3d,
+    Upsample3d,
+)
 from .ops import (  # noqa: F401 (pad_to, pad_video, padded_region: still importable from here)
     TemporalPadding,
     channel_to_space_time,
@@ -174,6 +182,9 @@ class Decoder(nn.Module):
             if cfg.patch_shortcut
             else None
         )
+        self.luma_filter = (
+            LumaFilter(cfg.luma_filter_width, cfg.luma_filter_blocks, f) if cfg.luma_filter_width else None
+        )
 
     def forward(self, z: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
         # z: (B, Z, T', h, w)
@@ -186,6 +197,8 @@ class Decoder(nn.Module):
         x = channel_to_space_time(self.conv_out(x, cache), 2, 1)  # (B, 3, T, H, W)
         if self.patch_out is not None:  # each cell's pixel block from its k x k neighbourhood, linearly
             x = x + channel_to_space_time(self.patch_out(z), *self.factors)
+        if self.luma_filter is not None:  # per frame: the decoded luma corrected, chroma kept
+            x = self.luma_filter(x)
         return x
 
 
@@ -222,6 +235,8 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
         scaling_factor: float = 1.0,
         patch_shortcut: bool = False,
         patch_shortcut_kernel: int = 1,
+        luma_filter_width: int = 0,
+        luma_filter_blocks: int = 6,
     ) -> None:
         super().__init__()
         self.arch = DCAEVConfig(
@@ -237,6 +252,8 @@ class AutoencoderDCV(ModelMixin, ConfigMixin):
             scaling_factor=scaling_factor,
             patch_shortcut=patch_shortcut,
             patch_shortcut_kernel=patch_shortcut_kernel,
+            luma_filter_width=luma_filter_width,
+            luma_filter_blocks=luma_filter_blocks,
         )
         self.encoder = Encoder(self.arch)
         self.decoder = Decoder(self.arch)

@@ -46,6 +46,12 @@ class DCAEVConfig:
     # Spatial kernel of the decoder's side of it: 1 reads each block from its own cell; 3 from the cell's 3x3
     # neighbourhood (a lapped linear decoder: smoother block edges; replicate padding at the frame's edge).
     patch_shortcut_kernel: int = 1
+    # Also ours, off (0) by default: a per-frame 2D CNN after the decoder that reads the decoded luma and adds
+    # one correction to R, G and B alike, so chroma stays what the decoder made (`layers.LumaFilter`). Its
+    # width (channels at a quarter of the resolution) and its number of residual blocks. Zero-initialised
+    # output: adding it to a trained model changes nothing until it is trained.
+    luma_filter_width: int = 0
+    luma_filter_blocks: int = 6
 
     def __post_init__(self) -> None:
         # Accept lists (JSON) and strings (JSON, CLI) and store tuples / enums.
@@ -72,6 +78,15 @@ class DCAEVConfig:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
         if self.patch_shortcut_kernel < 1 or self.patch_shortcut_kernel % 2 != 1:
             raise ValueError(f"patch_shortcut_kernel must be odd and >= 1, got {self.patch_shortcut_kernel}")
+        if self.luma_filter_width < 0 or self.luma_filter_blocks < 0:
+            raise ValueError(
+                f"luma_filter_width {self.luma_filter_width} and luma_filter_blocks {self.luma_filter_blocks} "
+                "must be >= 0 (width 0: no luma filter)"
+            )
+        if self.luma_filter_width and self.in_channels != 3:
+            raise ValueError(
+                f"the luma filter needs RGB frames (in_channels 3), got in_channels {self.in_channels}"
+            )
         t = self.temporal_compression
         if t < 1:
             raise ValueError(f"temporal_compression must be >= 1, got {t}")
@@ -96,6 +111,11 @@ class DCAEVConfig:
         if first % 4 != 0:
             raise ValueError(
                 f"the input projection's width {first} must be divisible by 4 (space-to-channel x2)"
+            )
+        if self.luma_filter_width and self.spatial_compression % 4 != 0:
+            raise ValueError(
+                f"the luma filter works at a quarter of the resolution: it needs a spatial compression divisible "
+                f"by 4, got {self.spatial_compression}"
             )
 
     # ---- derived structure -------------------------------------------------------------------------------

@@ -186,3 +186,75 @@ class Upsample3d(nn.Module):
         # (B, C_in, T, H, W) -> (B, C_out, T*t, H*s, W*s)
         h = channel_to_space_time(self.conv(x, cache), self.spatial, self.temporal)
         return h + channel_duplicate_shortcut(x, self.out_channels, self.spatial, self.temporal)
+
+
+# ---- the luma filter (ours: DCAEVConfig.luma_filter_width) ----------------------------------------------
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
+def luma(frames: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB -> (N, 1, H, W) luma. R, G and B shifted by the same step d shift it by d and leave
+    the colour differences R - Y and B - Y as they were (the weights sum to one)."""
+    w = frames.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+    return (frames * w).sum(1, keepdim=True)
+
+
+def block_phase(height: int, width: int, period: int, like: torch.Tensor) -> torch.Tensor:
+    """(1, 4, height, width): sin and cos of each row's and column's place in its block of `period`
+    positions, counted from (0, 0). A lapped linear decoder's error depends on where a pixel sits in its
+    latent cell; decoded tiles start on cell edges, so every tile sees the same phase as the whole frame."""
+
+    def angles(n: int) -> torch.Tensor:  # in float32 from the place in the cell: exact in any dtype
+        return (torch.arange(n, device=like.device) % period).float() * (2 * torch.pi / period)
+
+    rows, cols = angles(height)[:, None].expand(height, width), angles(width)[None, :].expand(height, width)
+    return torch.stack([rows.sin(), rows.cos(), cols.sin(), cols.cos()])[None].to(like.dtype)
+
+
+class ResBlock2d(nn.Module):
+    """x + Conv(SiLU(Conv(SiLU(x)))), 3x3, per frame."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class LumaFilter(nn.Module):
+    """Corrects the decoded frames' luma, frame by frame (so streaming stays exact): the luma, pixel-unshuffled
+    by 4 (16 channels at a quarter of the resolution), and its block phase (4 channels) -> 3x3 conv to `width`
+    channels -> `blocks` residual blocks -> 3x3 conv to 16 channels -> pixel shuffle: one step per pixel, added
+    to R, G and B alike. Chroma is left to the decoder. The last conv starts at zero (the filter is the
+    identity until trained)."""
+
+    scale = 4
+
+    def __init__(self, width: int, blocks: int, cell: int) -> None:
+        super().__init__()
+        r = self.scale
+        self.period = cell // r  # a latent cell's side in the unshuffled grid
+        self.conv_in = nn.Conv2d(r * r + 4, width, 3, padding=1)
+        self.blocks = nn.ModuleList(ResBlock2d(width) for _ in range(blocks))
+        self.conv_out = nn.Conv2d(width, r * r, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def width(self) -> int:
+        return self.conv_in.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, 3, T, H, W), H and W multiples of the cell
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # (N, 3, H, W)
+        u = F.pixel_unshuffle(luma(frames), self.scale)  # (N, 16, H/4, W/4)
+        phase = block_phase(u.shape[-2], u.shape[-1], self.period, u).expand(u.shape[0], -1, -1, -1)
+        hid = self.conv_in(torch.cat([u, phase], 1))  # (N, width, H/4, W/4)
+        for block in self.blocks:
+            hid = block(hid)
+        step = F.pixel_shuffle(self.conv_out(F.silu(hid)), self.scale)  # (N, 1, H, W)
+        return x + step.reshape(b, t, 1, h, w).transpose(1, 2)

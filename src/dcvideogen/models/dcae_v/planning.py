@@ -112,6 +112,8 @@ def activation_bytes(
     for conv, s, t in convs(model, decoder):
         largest = max(largest, max(conv.in_channels, conv.out_channels) / (s * s * t))
     largest = max(largest, model.arch.in_channels)  # the input / reconstruction itself
+    if decoder and model.arch.luma_filter_width:  # its maps: `width` channels at a quarter of the resolution
+        largest = max(largest, model.arch.luma_filter_width / 16)
     item = itemsize(model.dtype)
     per_element = (5 * item + (4 if item < 4 else 0)) * (2 if model.device.type == "cpu" else 1)
     return int(largest * batch * frames * height * width) * per_element
