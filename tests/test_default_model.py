@@ -12,9 +12,9 @@ from dcvideogen.models.dcae_v.loading import default_model_dir, load_autoencoder
 from dcvideogen.video import probe_video, read_video
 
 # Measured on the bundled model (docs/models.md): the first 16 frames of carphone reconstruct at
-# 21.46 dB PSNR. The floor sits 1 dB below that and 0.7 dB above the naive 384x codec on the same frames
+# 21.88 dB PSNR. The floor sits 1 dB below that and 1.2 dB above the naive 384x codec on the same frames
 # (19.66 dB), so an untrained, broken or wrongly scaled model, or one worse than the naive codec, fails.
-QUALITY_FLOOR_DB = 20.4
+QUALITY_FLOOR_DB = 20.9
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,12 @@ def test_bundled_model_ships_as_safetensors_under_40mb():
     folder = default_model_dir()
     weights = list(folder.glob("*.safetensors"))
     assert (folder / "config.json").is_file() and len(weights) == 1
-    assert weights[0].stat().st_size <= 40 * 2**20  # tens of MB (31.2 MiB today)
+    assert weights[0].stat().st_size <= 40 * 2**20  # tens of MB (33.1 MiB today)
     model = load_autoencoder(None)
     arch = model.arch
     assert (arch.spatial_compression, arch.temporal_compression, arch.latent_channels) == (32, 4, 32)
     assert arch.temporal_mode.value == "chunk_causal"
-    assert model.config.patch_shortcut
+    assert model.config.patch_shortcut and model.config.luma_filter_width == 96
 
 
 def test_bundled_model_latent_scale_gives_unit_scale_latents(heldout):
@@ -61,20 +61,20 @@ def test_tiled_reconstruction_stays_close_to_untiled(heldout):
         model.enable_tiling(tile_size=128, tile_overlap=64)  # 2x2 tiles of 4x4 latents on 144x176
         tiled = model(heldout).sample.clamp(-1, 1)
     assert psnr(whole, heldout) >= QUALITY_FLOOR_DB
-    # measured: 21.48 dB tiled against 21.46 dB whole, 50.2 dB between the two (today's networks add nothing
-    # to the patch shortcut, docs/models.md; only its 3x3 decoder at the tiles' edges differs); a misplaced,
-    # unblended or wrongly cropped tile costs far more
+    # measured: 21.89 dB tiled against 21.88 dB whole, 52.3 dB between the two (today's networks add nothing
+    # to the patch shortcut, docs/models.md; only its 3x3 decoder and the luma filter differ near the tiles'
+    # edges); a misplaced, unblended or wrongly cropped tile costs far more
     assert psnr(tiled, heldout) >= psnr(whole, heldout) - 0.5
     assert psnr(tiled, whole) >= 27.0
 
 
 # The bundled model against the naive codec of its compression (384x) on the test split of the project's
 # footage (evaluation/footage.py: 6 clips, first 8 frames each here). docs/models.md has the 32-frame table:
-# today's model wins by 1.16 dB (mean 23.57 against 22.42; on these 8-frame cuts +1.24 dB, 23.07 against
-# 21.83, colour error at most 0.65 levels: `python scripts/eval_default_model.py data/samples/test --frames 8`).
+# today's model wins by 1.34 dB (mean 23.76 against 22.42; on these 8-frame cuts +1.39 dB, 23.22 against
+# 21.83, colour error at most 0.63 levels: `python scripts/eval_default_model.py data/samples/test --frames 8`).
 # Issue 11 asks for +2 dB; until a model that meets it ships, the floor guards the measured state with a
 # 0.5 dB margin (a broken export, scaling or shortcut costs far more), and the colour error its 3-level bound.
-NAIVE_GAIN_FLOOR_DB = 0.74
+NAIVE_GAIN_FLOOR_DB = 0.89
 COLOUR_ERROR_LEVELS = 3.0
 
 
