@@ -154,3 +154,10 @@ def test_trainer_grows_a_model_by_the_filter_and_trains_it_alone(data, tmp_path,
     wider = [*TRAIN, f"model.init_from={tmp_path / 'base'}", "model.arch={chunk_size: 16}", "steps=1"]
     with pytest.raises(DCVGError, match=r"model.init_from=.* fix model.preset/arch"):  # not only a new filter
         train_ae(load_config(None, wider), data, tmp_path / "wider")
+
+
+def test_the_adaptive_gan_weight_needs_a_trained_last_layer(data, tmp_path):
+    frozen = [*TRAIN, "model.trainable=[encoder.]", "loss.gan_weight=0.1", "steps=1"]
+    with pytest.raises(DCVGError, match=r"freezes the decoder's last layer.*adaptive_gan_weight: false"):
+        train_ae(load_config(None, frozen), data, tmp_path / "gan")
+    assert not (tmp_path / "gan").exists()

@@ -95,6 +95,15 @@ def carries_over(loaded: DCAEVConfig, configured: DCAEVConfig) -> bool:
     return a == b
 
 
+def decoder_last_layer(model: AutoencoderDCV) -> torch.Tensor:
+    """The weight of the decoder's last trained layer (the adaptive GAN weight's reference, VQGAN): the luma
+    filter's output conv when it has one and trains, else the decoder's output conv."""
+    f = model.decoder.luma_filter
+    if f is not None and f.conv_out.weight.requires_grad:
+        return f.conv_out.weight
+    return model.decoder.conv_out.weight
+
+
 def freeze_all_but(model: AutoencoderDCV, prefixes: list[str]) -> int:
     """Freeze every parameter whose name starts with none of `prefixes` (empty: freeze nothing); the number
     of parameters left to train. A prefix that names no parameter is refused."""
@@ -231,6 +240,15 @@ def train_ae(
     if state is None and not cfg.model.init_from and cfg.model.pca_clips > 0:
         fit_pca(model, files, cfg, d.main)  # the same on every rank: a pure function of the data and seed
     trained = freeze_all_but(model, cfg.model.trainable)
+    if (
+        cfg.loss.gan_weight > 0
+        and cfg.loss.adaptive_gan_weight
+        and not decoder_last_layer(model).requires_grad
+    ):
+        raise DCVGError(
+            f"model.trainable={cfg.model.trainable} freezes the decoder's last layer, which loss.adaptive_gan_weight "
+            "weighs the GAN loss at; train it too (decoder.conv_out.) or set loss.adaptive_gan_weight: false"
+        )
     if d.main and cfg.model.trainable:
         logger.info(f"training {trained:,} parameters ({', '.join(cfg.model.trainable)}); the rest is frozen")
     model = model.to(d.device)
@@ -326,7 +344,7 @@ def train_ae(
     )
     amp = autocast(d, cfg.precision)
     guard = NonFiniteGuard(cfg.max_bad_steps, counters)
-    last_layer = model.decoder.conv_out.weight
+    last_layer = decoder_last_layer(model)
     t_last, samples_last = time.time(), counters["samples"]
     last_step = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     last_checkpoint = ckpt_path
