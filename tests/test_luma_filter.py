@@ -119,11 +119,8 @@ TRAIN = [
 
 
 @pytest.fixture
-def data(tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    (folder / "bikes.mp4").symlink_to(sample_clip_dir() / "bikes.mp4")
-    return folder
+def data(bikes_data) -> Path:
+    return bikes_data
 
 
 def test_trainer_grows_a_model_by_the_filter_and_trains_it_alone(data, tmp_path, clip):

@@ -171,11 +171,8 @@ TRAIN = [
 
 
 @pytest.fixture
-def data(tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    (folder / "bikes.mp4").symlink_to(sample_clip_dir() / "bikes.mp4")
-    return folder
+def data(bikes_data) -> Path:
+    return bikes_data
 
 
 def test_trainer_fits_the_shortcut_before_step_zero(data, tmp_path):
